@@ -205,3 +205,38 @@ class Tally:
             demand_limited=demand_limited,
             ended=ended,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One measured pool size, as `tuner probe --json` and `tuner sweep --json` print it."""
+
+    workers: int
+    requests: int
+    goodput_rps: float
+    error_ratio: float
+    p50_s: float
+    p95_s: float
+
+    @classmethod
+    def of(cls, window: Window) -> Step:
+        """The step a window makes."""
+        return cls(
+            workers=window.workers,
+            requests=window.requests,
+            goodput_rps=round(window.goodput, 3),
+            error_ratio=round(window.error_ratio, 5),
+            p50_s=round(window.p50_s, 6),
+            p95_s=round(window.p95_s, 6),
+        )
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The JSON shape fixed by SPEC."""
+        return {
+            "workers": self.workers,
+            "requests": self.requests,
+            "goodput_rps": self.goodput_rps,
+            "error_ratio": self.error_ratio,
+            "p50_s": self.p50_s,
+            "p95_s": self.p95_s,
+        }
