@@ -209,9 +209,7 @@ def test_promtool_accepts_the_text(tmp_path: Path) -> None:
 def test_render_stays_cheap_with_many_targets_and_observations() -> None:
     """50 targets after a million requests: a scrape is a matter of milliseconds, not seconds."""
     m = Metrics(version="1")
-    targets = [
-        m.target(f"t{i}", timeout_s=10.0, min_workers=1, max_workers=256) for i in range(50)
-    ]
+    targets = [m.target(f"t{i}", timeout_s=10.0, min_workers=1, max_workers=256) for i in range(50)]
     results = [
         Result(outcome=o, started=0.0, latency_s=0.001 * (i % 3000))
         for i, o in enumerate(list(Outcome) * 10)
