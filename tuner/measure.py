@@ -18,7 +18,7 @@ from enum import StrEnum
 
 
 class Outcome(StrEnum):
-    """How one request ended: exactly one of these, the `outcome` label of `tuner_requests_total`."""
+    """How one request ended: exactly one of these (the `outcome` label of requests_total)."""
 
     SUCCESS = "success"
     HTTP_ERROR = "http_error"  # an answer whose status is not a success status (not 429)
@@ -111,7 +111,7 @@ class Window:
 
     @property
     def utilisation(self) -> float:
-        """Time-averaged requests under way per worker (Little's law: 1.0 when the pool is the limit)."""
+        """Time-averaged requests under way per worker (1.0 when the pool is the limit)."""
         return self.in_flight / self.workers if self.workers else 0.0
 
 
