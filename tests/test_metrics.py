@@ -138,7 +138,24 @@ def test_new_target_starts_at_zero_for_every_outcome_and_result() -> None:
         assert value(m, "tuner_requests_total", target="api", outcome=outcome.value) == 0
     for result in ("completed", "failed", "skipped"):
         assert value(m, "tuner_runs_total", target="api", result=result) == 0
+    assert value(m, "tuner_request_duration_seconds_count", target="api") == 0
     assert value(m, "tuner_phase", target="api", tuner_phase="idle") == 1
+
+
+def test_new_target_has_no_gauge_that_would_mislead() -> None:
+    """Before its first run, no 0 reads as a failed run or as a pool at its ceiling."""
+    m = Metrics(version="1")
+    m.target("api", timeout_s=10.0, min_workers=1, max_workers=8)
+    samples = scrape(m)
+    for name in (
+        "tuner_last_run_success",
+        "tuner_last_run_timestamp_seconds",
+        "tuner_pool_workers",
+        "tuner_pool_ceiling_workers",
+        "tuner_optimal_concurrency",
+    ):
+        assert name not in samples, name
+    assert value(m, "tuner_pool_min_workers", target="api") == 1
 
 
 def test_failed_run_and_config_reload() -> None:

@@ -183,8 +183,8 @@ class Metrics:
             tm = self._targets.get(name)
             if tm is None:
                 tm = self._targets[name] = TargetMetrics(self, name)
-        self._min_workers.labels(name).set(min_workers)
-        self._max_workers.labels(name).set(max_workers)
+        tm._set(self._min_workers, min_workers)
+        tm._set(self._max_workers, max_workers)
         return tm
 
     def remove_target(self, name: str) -> None:
@@ -206,8 +206,11 @@ class Metrics:
 class TargetMetrics:
     """The series of one target. Thread-safe: worker threads call `result()`, the runner the rest.
 
-    Children are looked up once and kept, so the hot path (`result()`) is a
-    counter increment and a histogram observation, with no label lookup.
+    Counters, the duration histogram and the phase exist from the start (at 0,
+    and idle), so `rate()` works from the first scrape. A gauge appears only
+    once it has a value: a target that never ran has no `tuner_last_run_success`
+    (0 would read as a failed run) and no `tuner_pool_ceiling_workers` (0 would
+    read as a pool at its ceiling).
     """
 
     def __init__(self, metrics: Metrics, name: str) -> None:
@@ -217,18 +220,12 @@ class TargetMetrics:
         self._detached = False
         self._workers: int | None = None
         self._reasons: set[str] = set()
+        self._gauges: dict[Gauge, Gauge] = {}  # metric -> this target's child
+        # Looked up once, so the hot path (`result()`) does no label lookup.
         self._outcomes = {o: metrics._requests.labels(name, o.value) for o in Outcome}
         self._runs = {r: metrics._runs.labels(name, r) for r in RUN_RESULTS}
         self._duration = metrics._duration.labels(name)
-        self._in_flight = metrics._in_flight.labels(name)
-        self._pool = metrics._workers.labels(name)
-        self._ceiling = metrics._ceiling.labels(name)
-        self._optimal = metrics._optimal.labels(name)
-        self._throughput = metrics._throughput.labels(name)
         self._phase = metrics._phase.labels(name)
-        self._last_duration = metrics._last_duration.labels(name)
-        self._last_stamp = metrics._last_stamp.labels(name)
-        self._last_success = metrics._last_success.labels(name)
 
     def result(self, result: Result) -> None:
         """Count one finished request and observe its duration."""
@@ -237,14 +234,14 @@ class TargetMetrics:
 
     def in_flight(self, n: int) -> None:
         """Requests under way now."""
-        self._in_flight.set(n)
+        self._set(self._m._in_flight, n)
 
     def pool(self, workers: int, ceiling: int) -> None:
         """The pool size in force and the ceiling, e.g. when a run starts from a learned size."""
         with self._lock:
             self._workers = workers
-        self._pool.set(workers)
-        self._ceiling.set(ceiling)
+        self._set(self._m._workers, workers)
+        self._set(self._m._ceiling, ceiling)
 
     def decision(self, decision: Decision, window: Window | None) -> None:
         """Record what the controller decided after `window` (None: before any window).
@@ -258,32 +255,41 @@ class TargetMetrics:
             old, self._workers = self._workers, decision.workers
             counted = decision.pause_s > 0 or (old is not None and old != decision.workers)
             if counted and not self._detached:
-                # A new reason makes a new child; under the lock, so that it
-                # cannot appear after detach() has removed the others.
                 self._reasons.add(decision.reason)
                 self._m._decisions.labels(self.name, decision.reason).inc()
         self._phase.state(decision.phase.value)
-        self._pool.set(decision.workers)
+        self._set(self._m._workers, decision.workers)
         if decision.ceiling > 0:  # 0: the controller knows no ceiling yet
-            self._ceiling.set(decision.ceiling)
+            self._set(self._m._ceiling, decision.ceiling)
         if decision.knee is not None:
-            self._optimal.set(decision.knee)
+            self._set(self._m._optimal, decision.knee)
         if window is not None:
-            self._throughput.set(window.goodput)
+            self._set(self._m._throughput, window.goodput)
 
     def run_finished(self, result: str, duration_s: float, stamp: float) -> None:
         """A run ended; `result` is `completed` or `failed`, `stamp` the Unix time it ended."""
         if result not in ("completed", "failed"):
             raise ValueError(f"run result must be completed or failed: {result!r}")
         self._runs[result].inc()
-        self._last_duration.set(duration_s)
-        self._last_stamp.set(stamp)
-        self._last_success.set(1 if result == "completed" else 0)
+        self._set(self._m._last_duration, duration_s)
+        self._set(self._m._last_stamp, stamp)
+        self._set(self._m._last_success, 1 if result == "completed" else 0)
         self._phase.state(IDLE)
 
     def run_skipped(self) -> None:
         """A scheduled run did not start because the previous one was still going."""
         self._runs["skipped"].inc()
+
+    def _set(self, gauge: Gauge, value: float) -> None:
+        """Set this target's series of `gauge`, creating it on first use unless detached."""
+        with self._lock:
+            # Under the lock, so that no series can appear after detach() removed them all.
+            if self._detached:
+                return
+            child = self._gauges.get(gauge)
+            if child is None:
+                child = self._gauges[gauge] = gauge.labels(self.name)
+        child.set(value)
 
     def detach(self) -> None:
         """Remove every series of this target from every metric (see `Metrics.remove_target`)."""
