@@ -92,7 +92,8 @@ class Fetcher:
         deadline = started + self.options.timeout_s
         status: int | None = None
         retry_after: float | None = None
-        body = 0
+        body = [0]  # bytes read so far, kept even when the read fails halfway
+        truncated = False
         try:
             response = self._session().request(
                 self.options.method,
@@ -105,7 +106,7 @@ class Fetcher:
             try:
                 status = response.status_code
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                body, truncated = self._drain(response, deadline)
+                truncated = self._drain(response, deadline, body)
             finally:
                 # After a full read the connection is already back in the
                 # pool; otherwise this closes it, as it must be.
@@ -120,7 +121,7 @@ class Fetcher:
                 latency_s=self._clock() - started,
                 status=status,
                 retry_after_s=retry_after,
-                body_bytes=body,
+                body_bytes=body[0],
                 client_limit=outcome is Outcome.CLIENT_ERROR and is_client_limit(exc),
                 detail=detail,
             )
@@ -137,7 +138,7 @@ class Fetcher:
             latency_s=ended - started,
             status=status,
             retry_after_s=retry_after,
-            body_bytes=body,
+            body_bytes=body[0],
             detail=detail,
         )
 
@@ -158,15 +159,14 @@ class Fetcher:
             return Outcome.THROTTLED
         return Outcome.HTTP_ERROR
 
-    def _drain(self, response: requests.Response, deadline: float) -> tuple[int, bool]:
-        """Read the body and drop it; return (bytes read, truncated).
+    def _drain(self, response: requests.Response, deadline: float, read: list[int]) -> bool:
+        """Read the body and drop it, counting bytes in `read[0]`; True if cut at the limit.
 
         Each read may wait only as long as the deadline leaves, so a server
         that trickles a byte at a time still ends in a timeout on time.
         """
         raw = response.raw
         limit = self.options.max_body_bytes
-        read = 0
         while True:
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -176,12 +176,13 @@ class Fetcher:
                 connection.sock.settimeout(remaining)
             # One byte past the limit tells a body of exactly `limit` bytes
             # from a longer one.
-            chunk = raw.read1(min(_CHUNK, limit + 1 - read), decode_content=False)
+            chunk = raw.read1(min(_CHUNK, limit + 1 - read[0]), decode_content=False)
             if not chunk:
-                return read, False
-            read += len(chunk)
-            if read > limit:
-                return limit, True
+                return False
+            read[0] += len(chunk)
+            if read[0] > limit:
+                read[0] = limit
+                return True
 
     def _session(self) -> requests.Session:
         """This thread's session, made on first use."""
