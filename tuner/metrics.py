@@ -196,7 +196,7 @@ class Metrics:
         with self._lock:
             tm = self._targets.pop(name, None)
         if tm is not None:
-            tm.detach()
+            tm._detach()
 
     def render(self) -> bytes:
         """The Prometheus text exposition; its cost grows with series, never with observations."""
@@ -283,7 +283,7 @@ class TargetMetrics:
     def _set(self, gauge: Gauge, value: float) -> None:
         """Set this target's series of `gauge`, creating it on first use unless detached."""
         with self._lock:
-            # Under the lock, so that no series can appear after detach() removed them all.
+            # Under the lock, so that no series can appear after _detach() removed them all.
             if self._detached:
                 return
             child = self._gauges.get(gauge)
@@ -291,7 +291,7 @@ class TargetMetrics:
                 child = self._gauges[gauge] = gauge.labels(self.name)
         child.set(value)
 
-    def detach(self) -> None:
+    def _detach(self) -> None:
         """Remove every series of this target from every metric (see `Metrics.remove_target`)."""
         m, name = self._m, self.name
         with self._lock:
