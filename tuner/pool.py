@@ -77,6 +77,7 @@ class Pool:
         self._started = False
         self._stopping = False
         self._paused_until = float("-inf")
+        self._oversize_since: float | None = None  # when threads first outnumbered the size
         self._busy = 0.0  # integral of len(_running) up to _busy_stamp
         self._busy_stamp = clock()
 
@@ -244,31 +245,27 @@ class Pool:
 
     def _work(self) -> None:
         """A worker's life: take a slot, pull a URL, fetch, report; until stopped, dry or spare."""
-        try:
-            while True:
-                token = self._admit()
-                if token is None:
-                    return
-                url = self._pull(token)
-                if url is None:
-                    continue
-                started = self._clock()
-                try:
-                    result = self._fetch(url)
-                except Exception as exc:  # a failing fetch must not end the worker
-                    result = _failure(exc, started, self._clock())
-                self._deliver(result, started)
-                self._release(token)
-        finally:
-            with self._lock:
-                self._threads -= 1
+        while True:
+            token = self._admit()
+            if token is None:
+                return
+            url = self._pull(token)
+            if url is None:
+                continue
+            started = self._clock()
+            try:
+                result = self._fetch(url)
+            except Exception as exc:  # a failing fetch must not end the worker
+                result = _failure(exc, started, self._clock())
+            self._deliver(result, started)
+            self._release(token)
 
     def _admit(self) -> int | None:
-        """Wait for a free slot and take it; None when this thread should exit."""
-        idle_since: float | None = None
+        """Wait for a free slot and take it; None when this thread should exit (it is uncounted)."""
         with self._lock:
             while True:
                 if self._stopping or self._exhausted:
+                    self._threads -= 1
                     return None
                 now = self._clock()
                 paused = now < self._paused_until
@@ -276,13 +273,18 @@ class Pool:
                     break
                 timeout: float | None = None
                 if self._threads - len(self._abandoned) > self._size:
-                    # A thread above the size: exit once it has idled a while.
+                    # More threads than the size for a while: this one goes. The
+                    # timer is the pool's, not the thread's, because the spare
+                    # threads take turns at the free slots and none idles long.
                     wall = time.monotonic()
-                    if idle_since is None:
-                        idle_since = wall
-                    elif wall - idle_since >= IDLE_EXIT_S:
+                    if self._oversize_since is None:
+                        self._oversize_since = wall
+                    elif wall - self._oversize_since >= IDLE_EXIT_S:
+                        self._threads -= 1
                         return None
                     timeout = IDLE_EXIT_S
+                else:
+                    self._oversize_since = None
                 if paused:
                     left = self._paused_until - now
                     timeout = left if timeout is None else min(timeout, left)
