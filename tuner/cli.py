@@ -65,8 +65,12 @@ def main_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line; only `command`'s module is imported for its flags.
+
+    Importing every command's module would make `tuner lab` pay for
+    `requests` and APScheduler, and `tuner --help` for all of them.
+    """
     parser = argparse.ArgumentParser(
         prog="tuner",
         description="Fetch sets of URLs as fast as the far side and your own machine allow.",
@@ -75,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        adder = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
-        adder(p)
+        if name == command:
+            module = importlib.import_module(module_name)
+            adder = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
+            adder(p)
     return parser
 
 
@@ -93,7 +98,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tuner` command."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return run_command(args)
     except ConfigError as err:

@@ -1,0 +1,237 @@
+"""One tuned run: a URL source through a pool while the controller sizes it.
+
+The runner is the edge where time lives: it owns the clock, cuts the stream
+of results into windows, hands each window to the controller and applies the
+decision to the pool. It does not know about metrics or logs; an `Observer`
+hears every result and every window.
+
+    runner = Runner(controller, fetcher)
+    summary = runner.run(target.iter_urls(), url_count=target.url_count())
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tuner.controller import Controller, Decision
+from tuner.measure import Outcome, Result, Step, Tally, Window
+from tuner.pool import Pool
+
+
+class Observer(Protocol):
+    """Hears what a run does: metrics, logs and live displays implement it."""
+
+    def result(self, result: Result) -> None:
+        """A request finished (called from worker threads)."""
+
+    def window(self, window: Window, decision: Decision, in_flight: int) -> None:
+        """A window closed and the controller decided (called from the run's thread)."""
+
+
+class _Silent:
+    def result(self, result: Result) -> None:
+        pass
+
+    def window(self, window: Window, decision: Decision, in_flight: int) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What one run did.
+
+    `end` is why it ended: `done` (the source ran dry), `settled` (asked to
+    stop at the knee), `time_limit` or `stopped`. `abandoned` counts requests
+    still under way when the run gave up waiting for them.
+    """
+
+    end: str
+    duration_s: float
+    outcomes: Mapping[Outcome, int]
+    steps: tuple[Step, ...]
+    workers: int
+    abandoned: int
+    windows: tuple[tuple[Window, Decision], ...] = field(default=(), repr=False)
+
+    @property
+    def requests(self) -> int:
+        """Requests that finished."""
+        return sum(self.outcomes.values())
+
+    @property
+    def successes(self) -> int:
+        """Requests that succeeded."""
+        return self.outcomes.get(Outcome.SUCCESS, 0)
+
+    @property
+    def goodput(self) -> float:
+        """Successful responses per second over the whole run."""
+        return self.successes / self.duration_s if self.duration_s > 0 else 0.0
+
+
+class Runner:
+    """Drives one pool with one controller; reusable run after run (the controller persists).
+
+    `tick_s` is how often the loop looks at requests under way for ones that
+    hang; failures wake it at once, so a cliff is cut short within a request
+    or two of the first errors.
+    """
+
+    def __init__(
+        self,
+        controller: Controller,
+        fetch: Callable[[str], Result],
+        *,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        tick_s: float = 0.02,
+        name: str = "tuner",
+    ) -> None:
+        self.controller = controller
+        self._fetch = fetch
+        self._observer: Observer = observer or _Silent()
+        self._clock = clock
+        self._tick_s = tick_s
+        self._name = name
+        self._cond = threading.Condition()
+        self._tally = Tally(started=clock())
+        self._outcomes: Counter[Outcome] = Counter()
+
+    def _on_result(self, result: Result) -> None:
+        self._observer.result(result)
+        with self._cond:
+            self._outcomes[result.outcome] += 1
+            if result.overload and result.started < self._tally.started:
+                # Admitted under an earlier window's pool size: its failure was
+                # already answered there (at most one decrease per window).
+                return
+            self._tally.add(result)
+            if not result.overload and not result.client_limit:
+                return
+            self._cond.notify()  # a cut may be due now, not at the next tick
+
+    def run(
+        self,
+        urls: Iterable[str],
+        *,
+        url_count: int | None = None,
+        time_limit_s: float | None = None,
+        stop: threading.Event | None = None,
+        until_settled: int = 0,
+        grace_s: float = 10.0,
+    ) -> RunSummary:
+        """Fetch every URL of `urls`, tuning as it goes; return what happened.
+
+        `url_count`, when known, caps the pool: ten URLs never need more
+        than ten workers. `until_settled` > 0 ends the run after that many
+        windows at the knee. `stop` ends it early (a daemon's shutdown).
+        """
+        controller = self.controller
+        clock = self._clock
+        limit = url_count if url_count is not None else None
+
+        def cap(n: int) -> int:
+            return max(1, min(n, limit)) if limit is not None else n
+
+        with self._cond:
+            self._outcomes = Counter()
+        pool = Pool(
+            self._fetch,
+            urls,
+            cap(controller.workers),
+            self._on_result,
+            clock=clock,
+            name=self._name,
+        )
+        began = clock()
+        steps: list[Step] = []
+        windows: list[tuple[Window, Decision]] = []
+        self._begin_window(began)
+        busy0 = pool.busy_seconds()
+        window_start = began
+        settled = 0
+        end = "done"
+        pool.start()
+        goal = controller.goal()
+        while True:
+            with self._cond:
+                self._cond.wait(self._tick_s)
+            now = clock()
+            if stop is not None and stop.is_set():
+                end = "stopped"
+                break
+            if time_limit_s is not None and now - began >= time_limit_s:
+                end = "time_limit"
+                break
+            if pool.done:
+                break
+            if now < window_start:
+                continue  # paused (Retry-After): the next window starts when the pause ends
+            elapsed = now - window_start
+            suspect_age = controller.suspect_after_s()
+            suspects = sum(1 for age in pool.in_flight_ages() if age > suspect_age)
+            with self._cond:
+                tally = self._tally
+                cut = controller.should_cut(
+                    requests=tally.requests,
+                    overload=tally.overload,
+                    suspects=suspects,
+                    retry_after=tally.throttled > 0 and tally.retry_after_s is not None,
+                    client_limit=tally.client_limit,
+                )
+                complete = (tally.requests >= goal.requests and elapsed >= goal.min_s) or (
+                    elapsed >= goal.max_s
+                )
+                if not (cut or complete):
+                    continue
+                busy = pool.busy_seconds()
+                window = tally.close(
+                    ended=now,
+                    workers=pool.workers,
+                    in_flight=(busy - busy0) / elapsed if elapsed > 0 else 0.0,
+                    suspects=suspects,
+                    demand_limited=pool.exhausted,  # the source ran dry: workers idle
+                )
+            decision = controller.observe(window)
+            if suspects:
+                pool.abandon_older_than(suspect_age)
+            window_start = now
+            if decision.pause_s > 0:
+                window_start = now + decision.pause_s
+                pool.pause_until(window_start)
+            pool.resize(cap(decision.workers))
+            self._begin_window(window_start)
+            busy0 = pool.busy_seconds()
+            if window.requests:
+                steps.append(Step.of(window))
+            windows.append((window, decision))
+            self._observer.window(window, decision, pool.in_flight)
+            goal = controller.goal()
+            if until_settled and decision.settled:
+                settled += 1
+                if settled >= until_settled:
+                    end = "settled"
+                    break
+        # A daemon stopping owes requests under way its grace; a probe that has
+        # its answer does not wait on a hung server.
+        abandoned = pool.stop(grace_s if end in ("done", "stopped") else min(grace_s, 1.0))
+        with self._cond:
+            outcomes = dict(self._outcomes)
+        return RunSummary(
+            end=end,
+            duration_s=clock() - began,
+            outcomes=outcomes,
+            steps=tuple(steps),
+            workers=pool.workers,
+            abandoned=abandoned,
+            windows=tuple(windows),
+        )
+
+    def _begin_window(self, start: float) -> None:
+        with self._cond:
+            self._tally = Tally(started=start)
