@@ -284,7 +284,7 @@ def first_line(proc: subprocess.Popen[str], timeout: float) -> str:
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
         if not sel.select(timeout):
-            pytest.fail(f"{proc.args} printed nothing within {timeout}s")
+            pytest.fail(f"{proc.args!r} printed nothing within {timeout}s")
     return proc.stdout.readline()
 
 
@@ -314,18 +314,29 @@ def promql(base: str, expr: str) -> list[Any]:
     return result
 
 
-def wait_for(what: str, check: Any, timeout: float, logs: list[Path]) -> None:
-    """Poll `check()` until it is true; on timeout fail with the processes' logs."""
+def wait_for(
+    what: str, check: Any, timeout: float, procs: dict[Path, subprocess.Popen[str]]
+) -> None:
+    """Poll `check()` until it is true; fail with the logs on timeout or if a process died."""
     deadline = time.monotonic() + timeout
+    problem = f"timed out waiting for {what}"
     while time.monotonic() < deadline:
+        dead = [
+            f"{log.stem} exited with {proc.returncode}"
+            for log, proc in procs.items()
+            if proc.poll() is not None
+        ]
+        if dead:
+            problem = f"{', '.join(dead)} while waiting for {what}"
+            break
         try:
             if check():
                 return
         except requests.RequestException:
             pass
         time.sleep(0.5)
-    tails = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in logs)
-    pytest.fail(f"timed out waiting for {what}\n{tails}")
+    tails = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in procs)
+    pytest.fail(f"{problem}\n{tails}")
 
 
 @pytest.fixture
@@ -362,12 +373,22 @@ def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
                 }
             )
         )
-        logs = [tmp_path / "tuner.log", tmp_path / "prometheus.log"]
-        start(
+        procs: dict[Path, subprocess.Popen[str]] = {}
+        procs[tmp_path / "tuner.log"] = start(
             stack,
-            [sys.executable, "-m", "tuner", "run", "-c", str(config), "--listen", instance,
-             "--state-dir", str(tmp_path / "state")],
-            logs[0],
+            [
+                sys.executable,
+                "-m",
+                "tuner",
+                "run",
+                "-c",
+                str(config),
+                "--listen",
+                instance,
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            tmp_path / "tuner.log",
         )
 
         prometheus_config = tmp_path / "prometheus.yml"
@@ -383,11 +404,15 @@ def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
         )
         listen = f"127.0.0.1:{free_port()}"
         assert PROMETHEUS is not None
-        start(
+        procs[tmp_path / "prometheus.log"] = start(
             stack,
-            [PROMETHEUS, f"--config.file={prometheus_config}",
-             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address={listen}"],
-            logs[1],
+            [
+                PROMETHEUS,
+                f"--config.file={prometheus_config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address={listen}",
+            ],
+            tmp_path / "prometheus.log",
             stdout=subprocess.DEVNULL,
         )
         base = f"http://{listen}"
@@ -395,7 +420,7 @@ def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
             "Prometheus to be ready",
             lambda: requests.get(f"{base}/-/ready", timeout=2).ok,
             timeout=30,
-            logs=logs,
+            procs=procs,
         )
         # A few scrapes after the first completed run, so every rate() window has two samples.
         last_run = f'tuner_last_run_timestamp_seconds{{job="tuner",target="{TARGET}"}}'
@@ -403,7 +428,7 @@ def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
             "five scrapes after the first run",
             lambda: promql(base, f"count_over_time({last_run}[1m]) >= 5"),
             timeout=90,
-            logs=logs,
+            procs=procs,
         )
         yield base, instance
 
