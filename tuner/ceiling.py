@@ -33,8 +33,8 @@ FDS_PER_WORKER = 2
 # touches, interpreter thread state), its requests.Session with an adapter
 # and one open keep-alive connection, and its read buffer. Measured with 1000
 # workers fetching from the lab server on CPython 3.11 / requests 2.32 /
-# urllib3 2.x: about 60 KiB each (RSS growth / workers). Rounded up fourfold
-# so that a TLS connection (its SSL context and buffers) still fits.
+# urllib3 2.x: about 45 KiB each (growth of VmRSS / workers). Rounded up to
+# 256 KiB so that a TLS connection (its SSL context and buffers) still fits.
 MEMORY_PER_WORKER = 256 * 1024
 
 # errno values that mean "this machine ran out", not "the far side failed".
