@@ -68,6 +68,8 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 PAUSE_READING_BYTES = 256 * 1024
 DEFAULT_PORT = 9718
 START_TIMEOUT_S = 15.0
+# A timer later than this is the machine stalling, not the clock's resolution.
+MAX_TIMER_LATENESS_S = 0.002
 
 T = TypeVar("T")
 
@@ -289,13 +291,15 @@ class _Responses:
 class _Request:
     """One target request inside the server, from arrival to answer (or to its client leaving)."""
 
-    __slots__ = ("conn", "head_only", "keep_alive", "n_at_arrival", "state", "timer")
+    __slots__ = ("arrived", "conn", "due", "head_only", "keep_alive", "n", "state", "timer")
 
-    def __init__(self, conn: _Connection, head_only: bool, keep_alive: bool, n: int) -> None:
+    def __init__(self, conn: _Connection, head_only: bool, keep_alive: bool) -> None:
         self.conn = conn
         self.head_only = head_only
         self.keep_alive = keep_alive
-        self.n_at_arrival = n
+        self.n = 0  # the concurrency it found on arrival, itself included
+        self.arrived = 0.0
+        self.due = 0.0  # when its service ends, on the loop's clock
         # queued -> serving -> done, or hanging -> done; "gone" when the client left first
         self.state = "new"
         self.timer: asyncio.TimerHandle | None = None
@@ -319,6 +323,9 @@ class _Lab:
         self.busy = 0  # requests holding a slot
         self.queued = 0
         self.hanging = 0
+        # How late timers fire, on average (epoll sleeps in whole milliseconds, rounded
+        # up): service timers are set this much early, so answers leave on time.
+        self.timer_lateness = 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -344,10 +351,11 @@ class _Lab:
             return
         self.inside = n
         self.max_concurrency = max(self.max_concurrency, n)
-        req.n_at_arrival = n
-        capacity = p.capacity_at(self.uptime())
+        req.n = n
+        req.arrived = self.loop.time()
+        capacity = p.capacity_at(req.arrived - self.started)
         if capacity is None or self.busy < capacity:
-            self.serve(req)
+            self.serve(req, req.arrived)
         elif p.hang_s is not None:
             req.state = "hanging"
             self.hanging += 1
@@ -358,7 +366,8 @@ class _Lab:
             self.queued += 1
             self.waiting.append(req)
 
-    def serve(self, req: _Request) -> None:
+    def serve(self, req: _Request, start: float) -> None:
+        """Give req a slot from `start` on, and answer it when its service time is up."""
         p = self.profile
         if p.service_ms == 0:
             # The instant profile's fast path: a slot taken and freed at once, no timer.
@@ -367,14 +376,18 @@ class _Lab:
             return
         req.state = "serving"
         self.busy += 1
-        duration = p.service_ms / 1000.0 * p.slowdown(req.n_at_arrival)
+        duration = p.service_ms / 1000.0 * p.slowdown(req.n)
         if p.noise_sigma > 0:
             # Lognormal with mean 1: heavy-tailed, yet the model's mean goodput holds.
             duration *= self.random.lognormvariate(-(p.noise_sigma**2) / 2, p.noise_sigma)
-        req.timer = self.loop.call_later(duration, self.finish, req)
+        req.due = start + duration
+        req.timer = self.loop.call_at(req.due - self.timer_lateness, self.finish, req)
 
     def finish(self, req: _Request) -> None:
         """A request's service time is over: free its slot, start the next waiters, answer it."""
+        if req.timer is not None:
+            late = min(self.loop.time() - req.timer.when(), MAX_TIMER_LATENESS_S)
+            self.timer_lateness += 0.05 * (late - self.timer_lateness)
         self.busy -= 1
         self.inside -= 1
         capacity = self.profile.capacity_at(self.uptime())
@@ -382,7 +395,10 @@ class _Lab:
             waiter = self.waiting.popleft()
             if waiter.state == "queued":  # else its client left while it waited
                 self.queued -= 1
-                self.serve(waiter)
+                # The slot was free from req.due on: a timer fires up to a millisecond
+                # late (epoll's resolution), and starting the waiter from then instead
+                # keeps that lateness from eating into the queue's throughput.
+                self.serve(waiter, max(waiter.arrived, req.due))
         if req.state == "gone":
             self.dropped += 1
         else:
@@ -552,7 +568,7 @@ class _Connection(asyncio.Protocol):
             self.lab.reset()
             self.send_control(b'{"reset": true}\n', keep_alive)
         else:
-            self.pending = _Request(self, method == b"HEAD", keep_alive, 0)
+            self.pending = _Request(self, method == b"HEAD", keep_alive)
             self.lab.admit(self.pending)
 
     def send_control(self, body: bytes, keep_alive: bool) -> None:
