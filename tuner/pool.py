@@ -35,7 +35,9 @@ class Pool:
     `fetch` is called with each URL of `urls` from a worker thread; every
     call ends in exactly one call of `on_result` (from that worker thread:
     the caller locks). An exception in `fetch` or `on_result` becomes a
-    CLIENT_ERROR result and the worker goes on.
+    CLIENT_ERROR result and the worker goes on. A thread the machine refuses
+    to start is one client-limit result, reported from the thread that
+    started or resized the pool.
 
     Resizing never cancels work: lowering the size lets running requests
     finish and admits no new ones until the count is under the new size
