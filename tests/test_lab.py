@@ -5,16 +5,19 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
+from tuner import cli
 from tuner.errors import LabError
 from tuner.lab import PROFILES, LabProcess, LabServer, profile
 
@@ -59,6 +62,15 @@ def wait_until(check: Callable[[], bool], within: float = 5.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+def stats_at(server: LabServer, concurrency: int) -> dict[str, Any]:
+    """The first stats snapshot that shows `concurrency` requests inside the server."""
+    deadline = time.monotonic() + 5.0
+    while (stats := server.stats())["concurrency"] != concurrency:
+        assert time.monotonic() < deadline, f"concurrency never reached {concurrency}"
+        time.sleep(0.01)
+    return stats
 
 
 def read_responses(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
@@ -232,15 +244,15 @@ def test_queue_holds_the_excess_in_line(lab: LabFactory) -> None:
     conns = [http.client.HTTPConnection(host, port, timeout=10) for _ in range(10)]
     for conn in conns:
         conn.request("GET", "/")
-    wait_until(lambda: server.stats()["concurrency"] == 10)
-    stats = server.stats()
+    stats = stats_at(server, 10)
     assert (stats["busy"], stats["queued"]) == (4, 6)
     assert all(conn.getresponse().status == 200 for conn in conns)
 
 
 def test_cliff_answers_503_past_the_cliff_only(lab: LabFactory) -> None:
     """With 60 clients at once some get a fast 503; with 10, none do."""
-    server = lab("cliff")
+    # Long service times keep all 60 inside at once even on a busy machine.
+    server = lab("cliff", service_ms=200.0)
     answers = statuses(burst(server.url, 60))
     assert answers.count(503) > 0
     assert answers.count(200) >= 24
@@ -250,7 +262,7 @@ def test_cliff_answers_503_past_the_cliff_only(lab: LabFactory) -> None:
 
 def test_throttle_answers_429_with_retry_after(lab: LabFactory) -> None:
     """Past throttle_at, the excess gets 429 with Retry-After; under it, none does."""
-    server = lab("throttle", retry_after=7)
+    server = lab("throttle", retry_after=7, service_ms=200.0)
     answers = burst(server.url, 60)
     throttled = [a for a in answers if a is not None and a.status == 429]
     assert throttled
@@ -272,7 +284,7 @@ def test_hang_leaves_the_excess_unanswered(lab: LabFactory) -> None:
 
 def test_retrograde_serves_less_at_four_times_the_peak(lab: LabFactory) -> None:
     """Goodput of a burst at 4×N* is clearly below goodput of a burst at N*."""
-    server = lab("retrograde", service_ms=20.0)
+    server = lab("retrograde", service_ms=50.0)  # slow enough that sending takes no part
 
     def goodput(n: int) -> float:
         started = time.perf_counter()
@@ -287,31 +299,24 @@ def test_retrograde_serves_less_at_four_times_the_peak(lab: LabFactory) -> None:
 def test_shift_changes_capacity_and_restores_it(lab: LabFactory) -> None:
     """Capacity 6 drops to 1 at change_at and comes back at restore_at."""
     server = lab(
-        "shift", capacity=6, capacity_after=1, change_at=0.6, restore_at=1.6, service_ms=150.0
+        "shift", capacity=6, capacity_after=1, change_at=0.8, restore_at=1.8, service_ms=150.0
     )
     host, port = address(server.url)
 
-    def load(n: int) -> list[http.client.HTTPConnection]:
+    def load(n: int) -> tuple[int, int]:
+        """n requests at once: (in service, waiting) while they are all inside."""
         conns = [http.client.HTTPConnection(host, port, timeout=10) for _ in range(n)]
         for conn in conns:
             conn.request("GET", "/")
-        wait_until(lambda: server.stats()["concurrency"] == n)
-        return conns
-
-    def finish(conns: list[http.client.HTTPConnection]) -> None:
+        stats = stats_at(server, n)
         assert all(conn.getresponse().status == 200 for conn in conns)
+        return stats["busy"], stats["queued"]
 
-    conns = load(6)
-    assert server.stats()["busy"] == 6
-    finish(conns)
+    assert load(6) == (6, 0)
     wait_until(lambda: server.stats()["capacity"] == 1)
-    conns = load(3)
-    assert (server.stats()["busy"], server.stats()["queued"]) == (1, 2)
-    finish(conns)
+    assert load(3) == (1, 2)
     wait_until(lambda: server.stats()["capacity"] == 6)
-    conns = load(6)
-    assert server.stats()["busy"] == 6
-    finish(conns)
+    assert load(6) == (6, 0)
 
 
 def test_noisy_latency_has_a_heavy_tail(lab: LabFactory) -> None:
@@ -368,3 +373,25 @@ def test_bad_flags_exit_2(flags: list[str], message: str) -> None:
     )
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_tuner_lab_command_serves_until_sigint() -> None:
+    """`python -m tuner lab` prints its line first, serves, and exits 0 on SIGINT."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "tuner", "lab", "--profile", "cliff", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.startswith("lab listening on http://127.0.0.1:")
+        assert line.rstrip().endswith(" profile=cliff knee=24 cliff=41")
+        assert requests.get(line.split()[3], timeout=5).status_code == 200
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=10) == 0
+
+
+def test_tuner_lab_command_refuses_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    """`tuner lab --capacity 0` exits 2 with the rule and the value on stderr."""
+    assert cli.main(["lab", "--port", "0", "--capacity", "0"]) == 2
+    assert capsys.readouterr().err == "tuner lab: profile queue: capacity must be >= 1: 0\n"

@@ -528,7 +528,7 @@ class _Connection(asyncio.Protocol):
             self.fail(400)
             return False
         method, target, version = parts
-        keep_alive = version == b"HTTP/1.1"
+        keep_alive = version == b"HTTP/1.1"  # HTTP/1.0 clients get one answer a connection
         length = 0
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
@@ -541,12 +541,8 @@ class _Connection(asyncio.Protocol):
                     self.fail(400)
                     return False
                 length = int(value)
-            elif name == b"connection":
-                tokens = value.lower()
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens:
-                    keep_alive = True
+            elif name == b"connection" and b"close" in value.lower():
+                keep_alive = False
             elif name == b"transfer-encoding":
                 self.fail(501)  # chunked bodies are not part of the lab
                 return False
@@ -898,7 +894,12 @@ _FLAG_TYPES: dict[str, tuple[Any, str, str]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `tuner lab`. A number given overrides the profile's default."""
-    parser.add_argument("--profile", choices=list(PROFILES), default="queue", help="(queue)")
+    parser.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default="queue",
+        help="the behaviour and its default numbers, which the flags below change (queue)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="a loopback address (127.0.0.1)")
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"0 picks a free one ({DEFAULT_PORT})"
