@@ -453,9 +453,10 @@ class Controller:
         self._points = {n: p for n, p in self._points.items() if n < w.workers}
         if self._knee is not None and self._knee >= w.workers:
             self._knee = None
-        below = max(self._points, default=None)
-        target = math.floor(0.75 * w.workers)  # multiplicative decrease
-        workers = target if below is None else min(below, target)
+        # Back to the largest pool measured clean below, when it is close; else
+        # a multiplicative decrease. Either way one step, once this window.
+        below = max(self._points, default=0)
+        workers = below if below >= w.workers // 2 else math.floor(0.75 * w.workers)
         self.phase = Phase.PAUSED if pause_s else Phase.BACKOFF
         return self._decide(workers, reason, pause_s)
 

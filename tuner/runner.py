@@ -77,9 +77,15 @@ class RunSummary:
 class Runner:
     """Drives one pool with one controller; reusable run after run (the controller persists).
 
-    `tick_s` is how often the loop looks at requests under way for ones that
-    hang; failures wake it at once, so a cliff is cut short within a request
-    or two of the first errors.
+    Growth is let in gradually, one worker per success (TCP's slow start:
+    doubling per round trip, but smooth), and the window is measured only
+    once the new size is reached. So a ramp that would overshoot a cliff
+    stops a worker or two past it, at the first failures, instead of sending
+    a whole doubled pool over the edge. Failures also put on a brake at once:
+    admission pauses for one tick until the controller has decided.
+
+    `tick_s` is how often the loop looks at requests under way for ones
+    that hang; failures wake it at once.
     """
 
     def __init__(
@@ -101,19 +107,39 @@ class Runner:
         self._cond = threading.Condition()
         self._tally = Tally(started=clock())
         self._outcomes: Counter[Outcome] = Counter()
+        self._pool: Pool | None = None
+        self._grow_to = 0  # the size a growth decision asked for, let in one success at a time
 
     def _on_result(self, result: Result) -> None:
         self._observer.result(result)
+        pool = self._pool
         with self._cond:
             self._outcomes[result.outcome] += 1
             if result.overload and result.started < self._tally.started:
                 # Admitted under an earlier window's pool size: its failure was
                 # already answered there (at most one decrease per window).
                 return
-            self._tally.add(result)
-            if not result.overload and not result.client_limit:
-                return
-            self._cond.notify()  # a cut may be due now, not at the next tick
+            tally = self._tally
+            tally.add(result)
+            if result.outcome is Outcome.SUCCESS:
+                grow = pool is not None and pool.workers < self._grow_to
+            else:
+                grow = False
+                if result.overload:
+                    self._grow_to = 0  # the first sign of trouble ends a ramp-in
+                if self.controller.should_cut(
+                    requests=tally.requests,
+                    overload=tally.overload,
+                    suspects=0,
+                    retry_after=tally.throttled > 0 and tally.retry_after_s is not None,
+                    client_limit=tally.client_limit,
+                ):
+                    self._grow_to = 0  # no more growth until the controller has decided
+                    if pool is not None:
+                        pool.pause_until(self._clock() + self._tick_s)
+                    self._cond.notify()  # decide now, not at the next tick
+        if grow and pool is not None:
+            pool.resize(pool.workers + 1)
 
     def run(
         self,
@@ -133,27 +159,23 @@ class Runner:
         """
         controller = self.controller
         clock = self._clock
-        limit = url_count if url_count is not None else None
 
         def cap(n: int) -> int:
-            return max(1, min(n, limit)) if limit is not None else n
+            return max(1, min(n, url_count)) if url_count is not None else n
 
         with self._cond:
             self._outcomes = Counter()
-        pool = Pool(
-            self._fetch,
-            urls,
-            cap(controller.workers),
-            self._on_result,
-            clock=clock,
-            name=self._name,
-        )
+            self._grow_to = 0
+        workers = cap(controller.workers)
+        pool = Pool(self._fetch, urls, workers, self._on_result, clock=clock, name=self._name)
+        self._pool = pool
         began = clock()
         steps: list[Step] = []
         windows: list[tuple[Window, Decision]] = []
         self._begin_window(began)
         busy0 = pool.busy_seconds()
         window_start = began
+        growing = False
         settled = 0
         end = "done"
         pool.start()
@@ -184,11 +206,19 @@ class Runner:
                     retry_after=tally.throttled > 0 and tally.retry_after_s is not None,
                     client_limit=tally.client_limit,
                 )
-                complete = (tally.requests >= goal.requests and elapsed >= goal.min_s) or (
-                    elapsed >= goal.max_s
-                )
+                if growing and not cut and pool.workers >= self._grow_to:
+                    # The new size is in force: measure it from now, not the ramp-in.
+                    growing = False
+                    window_start = now
+                    busy0 = pool.busy_seconds()
+                    self._tally = Tally(started=now)
+                    continue
+                complete = (
+                    not growing and tally.requests >= goal.requests and elapsed >= goal.min_s
+                ) or elapsed >= goal.max_s
                 if not (cut or complete):
                     continue
+                self._grow_to = 0
                 busy = pool.busy_seconds()
                 window = tally.close(
                     ended=now,
@@ -204,7 +234,15 @@ class Runner:
             if decision.pause_s > 0:
                 window_start = now + decision.pause_s
                 pool.pause_until(window_start)
-            pool.resize(cap(decision.workers))
+            want = cap(decision.workers)
+            if want > pool.workers:
+                growing = True
+                with self._cond:
+                    self._grow_to = want
+                pool.resize(pool.workers + 1)
+            else:
+                growing = False
+                pool.resize(want)
             self._begin_window(window_start)
             busy0 = pool.busy_seconds()
             if window.requests:
@@ -220,6 +258,7 @@ class Runner:
         # A daemon stopping owes requests under way its grace; a probe that has
         # its answer does not wait on a hung server.
         abandoned = pool.stop(grace_s if end in ("done", "stopped") else min(grace_s, 1.0))
+        self._pool = None
         with self._cond:
             outcomes = dict(self._outcomes)
         return RunSummary(
