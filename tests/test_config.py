@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
-from tuner.config import Schedule, Target, Workers, load_config, parse_duration
+from tuner import metrics
+from tuner.config import (
+    MAX_TIMEOUT_S,
+    Schedule,
+    Target,
+    Workers,
+    load_config,
+    parse_duration,
+)
 from tuner.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "config"
@@ -41,6 +51,14 @@ RULES = {
     ],
     "zero_duration.yaml": [
         'zero_duration.yaml:5: targets[0].timeout: must be longer than 0: "0s"',
+    ],
+    "timeout_above_top_bucket.yaml": [
+        "timeout_above_top_bucket.yaml:5: targets[0].timeout: must be <= 120s"
+        ' (the histogram\'s top bucket): "5m"',
+    ],
+    "connect_timeout_above_timeout.yaml": [
+        "connect_timeout_above_timeout.yaml:7: targets[0].connect_timeout:"
+        ' must be <= timeout (5s): "10s"',
     ],
     "bad_url.yaml": [
         "bad_url.yaml:6: targets[0].urls[1]: must be an http:// or https:// URL with a host:"
@@ -207,6 +225,48 @@ def test_header_value_never_in_messages(tmp_path: Path) -> None:
     assert caught.value.problems == (
         f"{path}:6: targets[0].headers.Authorization: duplicate key (first at line 5): <redacted>",
     )
+
+
+def test_connect_timeout_against_a_target_timeout(tmp_path: Path) -> None:
+    """A target's own timeout under its inherited connect_timeout is the line blamed."""
+    path = tmp_path / "tuner.yaml"
+    path.write_text(
+        "defaults: {connect_timeout: 3s}\n"
+        "targets:\n"
+        "  - {name: a, urls: [http://127.0.0.1:8080/], timeout: 2s}\n"
+        "  - {name: b, urls: [http://127.0.0.1:8080/], timeout: 2s, connect_timeout: null}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert caught.value.problems == (
+        f'{path}:3: targets[0].timeout: must be >= connect_timeout (3s): "2s"',
+    )
+
+
+def test_timeout_limits_are_inclusive(tmp_path: Path) -> None:
+    """A timeout of exactly 120s, and a connect_timeout equal to the timeout, are valid."""
+    path = tmp_path / "tuner.yaml"
+    path.write_text(
+        "targets:\n"
+        "  - {name: a, urls: [http://127.0.0.1:8080/], timeout: 2m, connect_timeout: 120}\n"
+        "  - {name: b, urls: [http://127.0.0.1:8080/], connect_timeout: 10s}\n"
+    )
+    config = load_config(path, env={})
+    assert (config.target("a").timeout_s, config.target("a").connect_timeout_s) == (120.0, 120.0)
+    assert config.target("b").connect_timeout_s == config.target("b").timeout_s == 10.0
+
+
+def test_timeout_limit_is_the_histograms_top_bucket() -> None:
+    """The longest timeout a config allows is the top finite duration bucket, and no other."""
+    assert MAX_TIMEOUT_S == metrics.MAX_TIMEOUT_S == metrics.DURATION_BUCKETS[-1]
+
+
+def test_check_does_not_load_prometheus_client() -> None:
+    """`tuner check` imports the config loader without prometheus_client (why MAX_TIMEOUT_S is
+    written out in config.py rather than imported from metrics.py)."""
+    code = "import sys, tuner.cli, tuner.config; print('prometheus_client' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def write_valid_full(tmp_path: Path) -> Path:

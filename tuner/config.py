@@ -11,10 +11,11 @@ Loading runs in five steps, and each rule lives in exactly one of them:
    environment; an undefined variable is an error that names it.
 3. Each value by itself (the pydantic models `_ConfigIn`, `_TargetKeys`,
    `_TargetIn`): unknown keys, types, durations, sizes, URLs, cron, listen
-   address, name pattern, ranges.
+   address, name pattern, ranges (`timeout <= MAX_TIMEOUT_S` among them).
 4. Values against each other and the world (`_relations`): exactly one of
-   `urls`/`urls_file` and of `every`/`cron`, `workers.min <= workers.max`
-   after `defaults:` merged in, unique target names, readable files.
+   `urls`/`urls_file` and of `every`/`cron`, `workers.min <= workers.max` and
+   `connect_timeout <= timeout` after `defaults:` merged in, unique target
+   names, readable files.
 5. Build (`_build`): `defaults:` merged under each target into the frozen
    dataclasses below, so the rest of tuner never sees pydantic.
 
@@ -43,6 +44,15 @@ from tuner.errors import ConfigError
 from tuner.schedule import check_cron
 
 MiB = 1024 * 1024
+
+MAX_TIMEOUT_S = 120.0
+"""The longest request timeout a config may set, in seconds.
+
+tuner/metrics.py's `DURATION_BUCKETS` (of `tuner_request_duration_seconds`) end
+here: a longer timeout would let slow requests fall past every finite bucket.
+Written out rather than imported, so that `tuner check` never loads
+prometheus_client; a test holds the two equal.
+"""
 
 # --- the objects the rest of tuner uses ------------------------------------------------------
 
@@ -208,6 +218,13 @@ def _positive_duration(value: object) -> float:
     return seconds
 
 
+def _timeout(value: object) -> float:
+    seconds = _positive_duration(value)
+    if seconds > MAX_TIMEOUT_S:
+        raise ValueError(f"must be <= {MAX_TIMEOUT_S:g}s (the histogram's top bucket)")
+    return seconds
+
+
 def _optional_duration(value: object) -> float | None:
     # null is a value here: it lets a target drop a budget or timeout its defaults set
     return None if value is None else _positive_duration(value)
@@ -282,6 +299,7 @@ def _listen(value: str) -> str:
 
 Duration = Annotated[float, PlainValidator(_duration)]
 PositiveDuration = Annotated[float, PlainValidator(_positive_duration)]
+Timeout = Annotated[float, PlainValidator(_timeout)]
 OptionalDuration = Annotated[float | None, PlainValidator(_optional_duration)]
 
 # The default of every key a target or `defaults:` may leave out. Typed Any so that a
@@ -312,7 +330,7 @@ class _TargetKeys(_Strict):
 
     repeat: int = Field(_NOT_GIVEN, ge=1)
     schedule: _ScheduleIn = _NOT_GIVEN
-    timeout_s: PositiveDuration = Field(_NOT_GIVEN, alias="timeout")
+    timeout_s: Timeout = Field(_NOT_GIVEN, alias="timeout")
     connect_timeout_s: OptionalDuration = Field(_NOT_GIVEN, alias="connect_timeout")
     workers: _WorkersIn = _NOT_GIVEN
     headers: dict[str, str] = _NOT_GIVEN
@@ -492,6 +510,7 @@ def _substitute(
 
 _Finding = tuple[Loc, str, object]  # (where, rule, offending value or _NO_VALUE)
 _BUILTIN_WORKERS = Workers()
+_BUILTIN_TIMEOUT_S = Target(name="").timeout_s
 
 
 def _relations(doc: dict[str, object], base: Path) -> Iterator[_Finding]:
@@ -517,6 +536,7 @@ def _relations(doc: dict[str, object], base: Path) -> Iterator[_Finding]:
         yield from _readable_key(target, loc, "tls_verify", base)
         yield from _one_schedule(target, loc)
         yield from _workers_in_order(defaults, target, loc)
+        yield from _connect_within_timeout(defaults, target, loc)
         name = target.get("name")
         if isinstance(name, str):
             if name in first_index:
@@ -589,6 +609,40 @@ def _workers_in_order(
         yield max_loc, f"must be >= workers.min ({low})", high
     else:
         yield min_loc, f"must be <= workers.max ({high})", low
+
+
+def _connect_within_timeout(
+    defaults: dict[str, object], target: dict[str, object], loc: Loc
+) -> Iterator[_Finding]:
+    """`connect_timeout <= timeout` once `defaults:` is merged in: connecting is part of a request.
+
+    The problem points at `connect_timeout` unless only `timeout` is the
+    target's own. A value that is null or no duration is skipped: null drops
+    the connect timeout, and step 3 reports a bad one.
+    """
+    given: dict[str, tuple[Loc, object]] = {}
+    for where, keys in ((("defaults",), defaults), (loc, target)):
+        for key in ("timeout", "connect_timeout"):
+            if key in keys:
+                given[key] = ((*where, key), keys[key])
+    if "connect_timeout" not in given:
+        return
+    connect_loc, connect_value = given["connect_timeout"]
+    timeout_loc, timeout_value = given.get("timeout", ((), _BUILTIN_TIMEOUT_S))
+    connect, timeout = _seconds_or_none(connect_value), _seconds_or_none(timeout_value)
+    if connect is None or timeout is None or connect <= timeout:
+        return
+    if connect_loc[0] == "targets" or timeout_loc[:1] != ("targets",):
+        yield connect_loc, f"must be <= timeout ({timeout:g}s)", connect_value
+    else:
+        yield timeout_loc, f"must be >= connect_timeout ({connect:g}s)", timeout_value
+
+
+def _seconds_or_none(value: object) -> float | None:
+    try:
+        return _positive_duration(value)
+    except ValueError:
+        return None
 
 
 def _from_pydantic(error: Any) -> _Finding:
