@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import selectors
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tuner.lab import PROFILES
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
 REQUIRED_RPS = 5000.0
+START_TIMEOUT_S = 60.0  # generous: a busy machine can take long to start a process
 # (profile, wrk connections): instant for the ceiling, queue around its knee of 32
 RUNS = [("instant", c) for c in (1, 16, 64, 256)] + [("queue", c) for c in (16, 32, 64)]
 
@@ -60,13 +62,17 @@ def measure(profile: str, connections: int, duration: int) -> tuple[WrkResult, l
     server = subprocess.Popen(server_cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
-        banner = server.stdout.readline()
+        with selectors.DefaultSelector() as selector:
+            selector.register(server.stdout, selectors.EVENT_READ)
+            banner = server.stdout.readline() if selector.select(START_TIMEOUT_S) else ""
         match = re.search(r"listening on (\S+)", banner)
         if match is None:
             raise RuntimeError(f"lab did not start: {banner!r}")
         wrk_cmd = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}"]
         wrk_cmd += [f"-d{duration}s", "--latency", match.group(1)]
-        done = subprocess.run(wrk_cmd, capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            wrk_cmd, capture_output=True, text=True, check=True, timeout=duration + START_TIMEOUT_S
+        )
         return parse_wrk(done.stdout), wrk_cmd
     finally:
         server.terminate()

@@ -691,7 +691,9 @@ class LabServer:
         def shutdown() -> None:
             if self._server is not None and self._lab is not None:
                 _close(self._server, self._lab)
-            loop.stop()
+            # Stop one turn later: aborted connections close their sockets in callbacks
+            # scheduled just now.
+            loop.call_soon(loop.stop)
 
         loop.call_soon_threadsafe(shutdown)
         thread.join()
