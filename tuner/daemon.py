@@ -212,6 +212,7 @@ class _Slot:
         self.running = False
         self.retired = False
         self.last_run: dict[str, Any] | None = None
+        self.last_knee: Learned | None = None  # the last learned state that held a knee
 
     def status(self) -> dict[str, Any]:
         """This target's entry in `/-/status`."""
@@ -415,6 +416,8 @@ class Daemon:
         wiring = _Wiring(target, metrics, extra)
         runner = TargetRunner(target, ceiling=self._ceiling, learned=learned, observer=wiring)
         slot = _Slot(target, runner, metrics, wiring)
+        if learned is not None and learned.knee is not None:
+            slot.last_knee = learned
         self._slots[target.name] = slot
         if learned is not None:
             event(log, "state_loaded", target=target.name, knee=learned.knee, cliff=learned.cliff)
@@ -550,11 +553,21 @@ class Daemon:
             slot.idle.set()
 
     def _save(self, slot: _Slot) -> bool:
-        """Save what a target learned; a failure is logged (the next save may work)."""
-        try:
-            save_state(
-                self.state_dir, slot.target.name, learned_to_disk(slot.runner.controller.learned())
+        """Save what a target learned; a failure is logged (the next save may work).
+
+        While the controller searches again (drift), it believes no knee; the
+        last knee it held is saved instead, so a restart then still starts near
+        the knee (the hold's drift check re-searches if it is stale).
+        """
+        learned = slot.runner.controller.learned()
+        if learned.knee is not None:
+            slot.last_knee = learned
+        elif slot.last_knee is not None:
+            learned = dataclasses.replace(
+                learned, knee=slot.last_knee.knee, best_goodput=slot.last_knee.best_goodput
             )
+        try:
+            save_state(self.state_dir, slot.target.name, learned_to_disk(learned))
         except StateError as err:
             event(log, "state_not_saved", logging.WARNING, target=slot.target.name, reason=str(err))
             return False
@@ -598,6 +611,8 @@ class Daemon:
         try:
             new = load_config(self.config.path)
         except ConfigError as err:
+            with contextlib.suppress(OSError):  # --watch-config: these bytes are judged already
+                self._seen_digest = hashlib.sha256(self.config.path.read_bytes()).hexdigest()
             for problem in err.problems:
                 event(log, "config_rejected", logging.ERROR, trigger=trigger, problem=problem)
             self.metrics.config_loaded(False, time.time())
