@@ -55,8 +55,8 @@ def parse_wrk(output: str) -> WrkResult:
     return WrkResult(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), errors)
 
 
-def measure(profile: str, connections: int, duration: int) -> tuple[WrkResult, list[str]]:
-    """Serve `profile` on CPU 0, load it with wrk from CPU 1; the result and wrk's command."""
+def measure(profile: str, connections: int, duration: int) -> WrkResult:
+    """Serve `profile` on CPU 0 and load it with wrk from CPU 1."""
     server_cmd = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "tuner.lab"]
     server_cmd += ["--profile", profile, "--port", "0"]
     server = subprocess.Popen(server_cmd, stdout=subprocess.PIPE, text=True)
@@ -73,7 +73,7 @@ def measure(profile: str, connections: int, duration: int) -> tuple[WrkResult, l
         done = subprocess.run(
             wrk_cmd, capture_output=True, text=True, check=True, timeout=duration + START_TIMEOUT_S
         )
-        return parse_wrk(done.stdout), wrk_cmd
+        return parse_wrk(done.stdout)
     finally:
         server.terminate()
         try:
@@ -92,12 +92,13 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"lab_speed: {tool} not found (apt-get install wrk util-linux)", file=sys.stderr)
             return 1
-    print(f"lab server on CPU {SERVER_CPU} (taskset), wrk -t1 on CPU {CLIENT_CPU}")
+    print(f"server: taskset -c {SERVER_CPU} python -m tuner.lab --profile PROFILE --port 0")
+    print(f"client: taskset -c {CLIENT_CPU} wrk -t1 -cCONNS -d{args.duration}s --latency URL")
     header = ("profile", "conns", "req/s", "model", "p50 ms", "p99 ms")
     print("{:<9} {:>5} {:>9} {:>9} {:>8} {:>8} errors".format(*header))
     best_instant = 0.0
     for name, connections in RUNS:
-        result, wrk_cmd = measure(name, connections, args.duration)
+        result = measure(name, connections, args.duration)
         model = PROFILES[name].expected_goodput(connections)
         shown = "-" if model == float("inf") else f"{model:.0f}"
         print(
@@ -107,7 +108,6 @@ def main() -> int:
         )
         if name == "instant":
             best_instant = max(best_instant, result.rps)
-    print(f"wrk command: {' '.join(wrk_cmd[:-1])} URL")
     verdict = "ok" if best_instant >= REQUIRED_RPS else "TOO SLOW"
     print(f"instant, best: {best_instant:.0f} req/s (required {REQUIRED_RPS:.0f}): {verdict}")
     return 0 if best_instant >= REQUIRED_RPS else 1
