@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import signal
 import socket
@@ -192,6 +193,17 @@ def test_connection_close_is_honoured(lab: LabFactory) -> None:
     assert b"Connection: close\r\n" in data
 
 
+def test_http_1_0_gets_one_answer_per_connection(lab: LabFactory) -> None:
+    """An HTTP/1.0 request is answered and its connection closed."""
+    server = lab("instant")
+    with socket.create_connection(address(server.url), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\nok\n")
+
+
 def test_garbage_gets_400_and_a_closed_connection(lab: LabFactory) -> None:
     """A request line that is not HTTP is answered 400 and the connection closed."""
     server = lab("instant")
@@ -247,6 +259,21 @@ def test_queue_holds_the_excess_in_line(lab: LabFactory) -> None:
     stats = stats_at(server, 10)
     assert (stats["busy"], stats["queued"]) == (4, 6)
     assert all(conn.getresponse().status == 200 for conn in conns)
+
+
+def test_a_client_leaving_takes_its_queued_request_out(lab: LabFactory) -> None:
+    """A queued request whose client hangs up leaves the queue and counts as dropped."""
+    server = lab("queue", capacity=1, service_ms=1000.0)
+    host, port = address(server.url)
+    first, second = (http.client.HTTPConnection(host, port, timeout=10) for _ in range(2))
+    first.request("GET", "/")
+    second.request("GET", "/")
+    assert stats_at(server, 2)["queued"] == 1
+    second.close()
+    stats = stats_at(server, 1)
+    assert (stats["queued"], stats["dropped"]) == (0, 1)
+    assert first.getresponse().status == 200
+    first.close()
 
 
 def test_cliff_answers_503_past_the_cliff_only(lab: LabFactory) -> None:
@@ -351,6 +378,13 @@ def test_lab_process_prints_its_line_and_stops_cleanly() -> None:
         assert stats["served"] == {"200": 1}
         assert stats["parameters"]["hang_s"] is None
     assert process.returncode == 0
+
+
+def test_lab_process_pins_its_cpu() -> None:
+    """`cpu=0` pins the child to CPU 0."""
+    with LabProcess("instant", cpu=0) as process:
+        assert process.pid is not None
+        assert os.sched_getaffinity(process.pid) == {0}
 
 
 @pytest.mark.parametrize(

@@ -782,6 +782,11 @@ class LabProcess:
         return cmd + ([] if self.cpu is None else ["--cpu", str(self.cpu)])
 
     @property
+    def pid(self) -> int | None:
+        """The child's process id once started, else None."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def returncode(self) -> int | None:
         """The child's exit code once it has ended, else None."""
         return None if self._process is None else self._process.poll()
