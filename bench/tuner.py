@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,19 +48,6 @@ SCENARIOS: dict[str, tuple[Profile, float]] = {
     "hang": (profile("hang"), 2.0),
     "noisy": (profile("noisy"), 10.0),
 }
-
-
-def lab_stats(url: str) -> dict[str, Any]:
-    """The lab's /-/stats document."""
-    with urllib.request.urlopen(url + "-/stats", timeout=5) as r:  # noqa: S310 -- loopback lab
-        data: dict[str, Any] = json.load(r)
-        return data
-
-
-def lab_reset(url: str) -> None:
-    """Zero the lab's counters."""
-    req = urllib.request.Request(url + "-/reset", method="POST")
-    urllib.request.urlopen(req, timeout=5).close()  # noqa: S310 -- loopback lab
 
 
 def lab_errors(stats: dict[str, Any]) -> tuple[int, int]:
@@ -136,10 +121,10 @@ def scenario(name: str, p: Profile, timeout: float, cpu: int | None) -> Row:
         best = max(s.goodput_rps for s in oracle)
         print(f"  {name}: oracle knee {knee.workers}, best {best:.0f}/s", file=sys.stderr)
         time.sleep(timeout if p.hang_s else 0.2)  # hung sweep requests time out first
-        lab_reset(url)
+        lab.reset()
         report = probe(url, max_workers=1024, time_limit_s=30.0, timeout_s=timeout)
         time.sleep(timeout + 0.5 if p.hang_s else 0.2)  # abandoned requests end and are counted
-        bad, total = lab_errors(lab_stats(url))
+        bad, total = lab_errors(lab.stats())
         windows = report.summary.windows
         start = windows[0][0].ended - windows[0][0].duration_s if windows else 0.0
         settled = [w.ended for w, d in windows if d.settled]

@@ -218,6 +218,7 @@ class Controller:
         self._cliff: int | None = None
         self._cliff_reason = ""
         self._cliff_until = 0.0
+        self._cliff_goodput: float | None = None  # goodput seen in the window that failed
         self._cliff_memory_s = 0.0
         self._client_cap: int | None = None
         self._bound = ""
@@ -308,10 +309,12 @@ class Controller:
         settles for coarser windows. A window also lasts a few latencies, so
         requests admitted at the previous size have drained.
         """
-        precision = 0.05 if self.phase is Phase.RAMP else 0.025
+        ramp = self.phase is Phase.RAMP
+        precision = 0.05 if ramp else 0.025
         requests = min(2000, max(20, math.ceil((2.0 * self._cv / precision) ** 2)))
-        min_s = max(0.1, 3.0 * self._p95)
-        max_s = max(min_s, 1.0 if self.phase is Phase.RAMP else 3.0)
+        # Long enough that the drain or fill after a resize is a small part of it.
+        min_s = max(0.1 if ramp else 0.25, 5.0 * self._p95)
+        max_s = max(min_s, 1.0 if ramp else 3.0)
         return WindowGoal(requests=requests, min_s=min_s, max_s=max_s)
 
     def suspect_after_s(self) -> float:
@@ -323,6 +326,15 @@ class Controller:
         """
         usual = max(5.0 * self._p95, 10.0 * self.baseline_p50_s, 0.25)
         return min(usual, max(0.25, 0.5 * self.policy.timeout_s))
+
+    def linger_after_s(self) -> float:
+        """Age past which a request under way keeps its window open: twice the recent p95.
+
+        A window does not close while a request it admitted is this late,
+        so a request that then hangs is counted against the pool size that
+        admitted it, not against a later, smaller one.
+        """
+        return min(max(2.0 * self._p95, 0.02), self.suspect_after_s())
 
     @property
     def baseline_p50_s(self) -> float:
@@ -432,6 +444,7 @@ class Controller:
     def _expire_cliff(self, now: float) -> None:
         if self._cliff is not None and now >= self._cliff_until:
             self._cliff = None  # the memory doubles if the same cliff is hit again
+            self._cliff_goodput = None
 
     def _set_cliff(self, workers: int, reason: str, now: float) -> None:
         if self._cliff_memory_s == 0.0:
@@ -450,6 +463,9 @@ class Controller:
     def _back_off(self, w: Window, reason: str, pause_s: float = 0.0) -> Decision:
         """Overload at `w.workers`: remember the cliff and drop below it, once this window."""
         self._set_cliff(w.workers, reason, w.ended)
+        # The successes of a failing window still measure goodput there; with
+        # enough of them they say whether the pools below the cliff are worth trying.
+        self._cliff_goodput = w.goodput if w.successes >= 20 else None
         self._points = {n: p for n, p in self._points.items() if n < w.workers}
         if self._knee is not None and self._knee >= w.workers:
             self._knee = None
@@ -507,10 +523,18 @@ class Controller:
         want = max(top + 1, round(top * factor))
         cap = min(self.client_ceiling, self.policy.max_workers)
         if self._cliff is not None and want >= self._cliff:
+            cliff_bound = self._cliff_reason if self._cliff_reason != "hang" else "errors"
+            if (
+                self._cliff_goodput is not None
+                and self._cliff_goodput <= best.goodput * (1.0 + self.policy.tolerance)
+            ):
+                # Even the failing pool did not beat this one: nothing to gain up there.
+                self._bound = cliff_bound
+                return None
             # Approach a remembered cliff by halves, and stop a resolution short of it.
             want = (top + self._cliff) // 2
             if self._cliff - top <= max(1, self.policy.resolution * top):
-                self._bound = self._cliff_reason if self._cliff_reason != "hang" else "errors"
+                self._bound = cliff_bound
                 return None
         if want > cap:
             want = cap

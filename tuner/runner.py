@@ -174,7 +174,7 @@ class Runner:
         windows: list[tuple[Window, Decision]] = []
         self._begin_window(began)
         busy0 = pool.busy_seconds()
-        window_start = began
+        decided_at = window_start = began
         growing = False
         settled = 0
         end = "done"
@@ -195,8 +195,13 @@ class Runner:
             if now < window_start:
                 continue  # paused (Retry-After): the next window starts when the pause ends
             elapsed = now - window_start
+            # Requests admitted since the last decision, by age: a hung one counts
+            # against the pool size that admitted it, never against a later one.
             suspect_age = controller.suspect_after_s()
-            suspects = sum(1 for age in pool.in_flight_ages() if age > suspect_age)
+            linger_age = controller.linger_after_s()
+            own = [age for age in pool.in_flight_ages() if age <= now - decided_at]
+            suspects = sum(1 for age in own if age > suspect_age)
+            lingering = any(linger_age < age <= suspect_age for age in own)
             with self._cond:
                 tally = self._tally
                 cut = controller.should_cut(
@@ -214,7 +219,10 @@ class Runner:
                     self._tally = Tally(started=now)
                     continue
                 complete = (
-                    not growing and tally.requests >= goal.requests and elapsed >= goal.min_s
+                    not growing
+                    and not lingering
+                    and tally.requests >= goal.requests
+                    and elapsed >= goal.min_s
                 ) or elapsed >= goal.max_s
                 if not (cut or complete):
                     continue
@@ -228,9 +236,7 @@ class Runner:
                     demand_limited=pool.exhausted,  # the source ran dry: workers idle
                 )
             decision = controller.observe(window)
-            if suspects:
-                pool.abandon_older_than(suspect_age)
-            window_start = now
+            decided_at = window_start = now
             if decision.pause_s > 0:
                 window_start = now + decision.pause_s
                 pool.pause_until(window_start)
@@ -243,6 +249,8 @@ class Runner:
             else:
                 growing = False
                 pool.resize(want)
+            # After the resize: freed slots must go to the new size, not the old one.
+            pool.abandon_older_than(suspect_age)  # hung requests must not hold slots
             self._begin_window(window_start)
             busy0 = pool.busy_seconds()
             if window.requests:
