@@ -548,8 +548,9 @@ class Daemon:
         self._save(slot)
         with slot.lock:
             slot.running = False
-            if slot.retired:
-                slot.runner.close()
+            # Each run's pool has new threads and so new sessions: the connections
+            # of this run's sessions would only hold file descriptors until the next.
+            slot.runner.close()
             slot.idle.set()
 
     def _save(self, slot: _Slot) -> bool:
@@ -666,8 +667,6 @@ class Daemon:
             with slot.lock:
                 slot.retired = True
                 slot.stop.set()
-                if not slot.running:
-                    slot.runner.close()
         for name, target in wanted.items():
             slot_or_none = self._slots.get(name)
             if slot_or_none is None:
