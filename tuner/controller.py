@@ -223,7 +223,8 @@ class Controller:
         self._client_cap: int | None = None
         self._bound = ""
         self._knee: int | None = None
-        self._best_goodput = 0.0
+        self._best_goodput = 0.0  # the top goodput of the search that found the knee
+        self._hold_goodput = 0.0  # goodput at the knee, followed slowly while holding
         self._probing = ""
         self._drift = 0
         self._up_next = False
@@ -242,7 +243,7 @@ class Controller:
             # A warm start: trust the knee and hold there; the hold's probes and
             # drift check correct it if the far side has changed since.
             self._knee = self._clamp(learned.knee)
-            self._best_goodput = learned.best_goodput
+            self._best_goodput = self._hold_goodput = learned.best_goodput
             self.phase = Phase.HOLD
             self.workers = self._knee
         else:
@@ -494,9 +495,10 @@ class Controller:
 
     def _best(self) -> Point:
         top = max(p.goodput for p in self._points.values())
-        # The smallest pool within 1% of the top: ties go to fewer workers.
+        # The smallest pool within the windows' precision (2.5%) of the top:
+        # a lucky window at a larger pool must not pass for a better one.
         return min(
-            (p for p in self._points.values() if p.goodput >= 0.99 * top),
+            (p for p in self._points.values() if p.goodput >= 0.975 * top),
             key=lambda p: p.workers,
         )
 
@@ -511,15 +513,13 @@ class Controller:
             prev = self._points[max(below)]
             ratio = top / prev.workers
             elasticity = (best.goodput / prev.goodput - 1.0) / (ratio - 1.0)
-            inflation = best.p50_s / prev.p50_s if prev.p50_s > 0 else 1.0
             if elasticity < 0.3:
+                # Goodput grows by under a third of the workers added: on a concave
+                # curve the next step would buy less still. The knee is below `top`.
                 self._bound = "flattened"
                 return None
             if elasticity < 0.8:
-                if inflation > 1.2:  # the gain came with queueing: the knee is below `top`
-                    self._bound = "flattened"
-                    return None
-                factor = 1.5
+                factor = 1.5  # a partial gain: close in more carefully
         want = max(top + 1, round(top * factor))
         cap = min(self.client_ceiling, self.policy.max_workers)
         if self._cliff is not None and want >= self._cliff:
@@ -568,22 +568,37 @@ class Controller:
         peak = self._peak_probe(best)
         if peak is not None:
             return self._decide(peak, "search")
-        target = best.goodput * (1.0 - self.policy.tolerance + self.policy.margin)
-        hi = min(n for n, p in self._points.items() if n <= best.workers and p.goodput >= target)
+        # Aim at 97% of the top goodput seen (not of `best`, which is already a
+        # little under it), so the knee's 95% holds with noise to spare.
+        top = max(p.goodput for p in self._points.values())
+        target = top * (1.0 - self.policy.tolerance + self.policy.margin)
+        hi = min(n for n, p in self._points.items() if p.goodput >= target)
         lower = [n for n in self._points if n < hi]
         if not lower:
             if hi <= self.policy.min_workers:
-                return self._settle(hi, best)
+                return self._settle(hi)
             return self._decide(max(self.policy.min_workers, hi // 2), "search")
         lo = max(lower)
         if hi - lo <= max(1, self.policy.resolution * hi):
-            return self._settle(hi, best)
-        return self._decide((lo + hi) // 2, "search")
+            return self._settle(hi)
+        return self._decide(self._pivot(lo, hi, best), "search")
 
-    def _settle(self, knee: int, best: Point) -> Decision:
+    def _pivot(self, lo: int, hi: int, best: Point) -> int:
+        """Where to split the bracket: Little's law's guess when it falls inside, else halfway.
+
+        Past a queue's knee, goodput × no-load latency is the number of requests
+        the far side serves at once, which is where its knee sits.
+        """
+        guess = math.ceil(best.goodput * self.baseline_p50_s)
+        if lo < guess < hi and guess not in self._points:
+            return guess
+        return (lo + hi) // 2
+
+    def _settle(self, knee: int) -> Decision:
         self.phase = Phase.HOLD
         self._knee = knee
-        self._best_goodput = best.goodput
+        self._best_goodput = max(p.goodput for p in self._points.values())
+        self._hold_goodput = self._points[knee].goodput
         self._drift = 0
         self._probing = ""
         self._schedule_probe()
@@ -609,10 +624,10 @@ class Controller:
         step = max(1, round(0.08 * knee))  # gentle: under the 10% a settled pool may move
         if self._probing == "up":
             self._probing = ""
-            gain = w.goodput / self._best_goodput - 1.0 if self._best_goodput else 0.0
+            gain = w.goodput / self._hold_goodput - 1.0 if self._hold_goodput else 0.0
             if gain >= 0.5 * (w.workers - knee) / knee:
                 # More workers buy goodput again: the knee moved up. Ramp from here.
-                base = Point(knee, self._best_goodput, self.baseline_p50_s or w.p50_s)
+                base = Point(knee, self._hold_goodput, self.baseline_p50_s or w.p50_s)
                 return self._restart_search([base, self._points[w.workers]])
             return self._decide(knee, "hold")
         if self._probing == "down":
@@ -624,9 +639,9 @@ class Controller:
             return self._decide(knee, "hold")
         if w.workers != knee:
             return self._decide(knee, "hold")
-        if self._best_goodput <= 0.0:
-            self._best_goodput = w.goodput
-        if w.goodput < 0.85 * self._best_goodput:
+        if self._hold_goodput <= 0.0:
+            self._best_goodput = self._hold_goodput = w.goodput
+        if w.goodput < 0.85 * self._hold_goodput:
             self._drift += 1
             if self._drift >= 2:  # twice in a row: a change, not noise
                 self.phase = Phase.SEARCH
@@ -638,7 +653,8 @@ class Controller:
             return self._decide(knee, "hold")
         self._drift = 0
         # Track the knee's goodput slowly, so a drift still shows against it.
-        self._best_goodput = 0.8 * self._best_goodput + 0.2 * w.goodput
+        self._hold_goodput = 0.8 * self._hold_goodput + 0.2 * w.goodput
+        self._best_goodput = max(self._best_goodput, self._hold_goodput)
         self._until_probe -= 1
         if self._until_probe > 0:
             return self._decide(knee, "hold")
