@@ -654,7 +654,9 @@ class Controller:
         self._drift = 0
         # Track the knee's goodput slowly, so a drift still shows against it.
         self._hold_goodput = 0.8 * self._hold_goodput + 0.2 * w.goodput
-        self._best_goodput = max(self._best_goodput, self._hold_goodput)
+        # The top fades 1% a window towards what the knee delivers, so one lucky
+        # window in the search cannot pin the knee high for ever.
+        self._best_goodput = max(0.99 * self._best_goodput, self._hold_goodput)
         self._until_probe -= 1
         if self._until_probe > 0:
             return self._decide(knee, "hold")
