@@ -132,7 +132,10 @@ class Daemon:
             if len(runs) >= n:
                 return runs
             time.sleep(0.5)
-        raise SystemExit(f"only {len(self.runs(target))} of {n} runs of {target}; see {self.log}")
+        tail = "".join(self.log.read_text().splitlines(keepends=True)[-20:])
+        raise SystemExit(
+            f"only {len(self.runs(target))} of {n} runs of {target}; log tail:\n{tail}"
+        )
 
     def stop(self) -> int:
         """SIGTERM; the exit code."""
