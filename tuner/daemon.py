@@ -110,6 +110,9 @@ RELOAD_TIMEOUT_S = 60.0
 STOP_SLACK_S = 5.0
 """Past the shutdown grace, how long the stop waits for runs to hand back their threads."""
 
+STOPPING = "tuner is stopping: the config was not reloaded"
+"""The answer to a reload asked for during the stop."""
+
 ObserverFactory = Callable[[str], Observer]
 """Makes an extra observer for a target by name (`tuner demo` prints each window)."""
 
@@ -585,6 +588,9 @@ class Daemon:
     def request_reload(self) -> Future[list[str]]:
         """Ask the main loop for a reload (any thread); the future holds its problems ([]: ok)."""
         future: Future[list[str]] = Future()
+        if self._stopping.is_set():  # the main loop no longer reads requests (or the pipe)
+            future.set_result([STOPPING])
+            return future
         self._reloads.append(future)
         self._wake()
         return future
@@ -593,7 +599,7 @@ class Daemon:
         while self._reloads:
             future = self._reloads.popleft()
             if future.set_running_or_notify_cancel():
-                future.set_result(["tuner is stopping: the config was not reloaded"])
+                future.set_result([STOPPING])
 
     def _check_file(self) -> None:
         """`--watch-config`: reload when the file's bytes changed since last seen."""
