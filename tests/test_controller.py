@@ -271,3 +271,35 @@ def test_usl_fit_recovers_its_parameters():
     assert abs(fit.sigma - sigma) < 0.005 and abs(fit.kappa - kappa) < 0.0001
     assert fit.peak_workers == round((0.95 / 0.001) ** 0.5)
     assert fit_usl(points[:5]) is None, "five points are not enough"
+
+
+def test_one_stalled_window_does_not_end_the_climb():
+    """A window that stalls (half its goodput lost to a hiccup) is measured again, not believed."""
+    stalled = {2}
+
+    def serve(n: int, t: float) -> Window:
+        w = queue(24)(n, t)
+        if n in stalled:
+            stalled.discard(n)
+            return window(n, w.successes // 3, p50=w.p50_s, ended=t)
+        return w
+
+    c = Controller(Policy(max_workers=256))
+    run(c, serve, 25)
+    assert c.knee is not None and 22 <= c.knee <= 26
+
+
+def test_one_lucky_window_does_not_pin_the_knee_high():
+    """A window 10% above the plateau at a large pool is confirmed before the knee is set by it."""
+    lucky = {48}
+
+    def serve(n: int, t: float) -> Window:
+        w = queue(24)(n, t)
+        if n in lucky:
+            lucky.discard(n)
+            return window(n, round(w.successes * 1.1), p50=w.p50_s, ended=t)
+        return w
+
+    c = Controller(Policy(max_workers=256))
+    run(c, serve, 25)
+    assert c.knee is not None and 22 <= c.knee <= 26

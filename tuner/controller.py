@@ -193,12 +193,30 @@ class Learned:
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    """Goodput and latency measured at one pool size in the current search."""
+    """Goodput and latency measured at one pool size in the current search.
+
+    `samples` holds the goodput of the last three windows measured there;
+    `goodput` is their median, so one stalled or lucky window cannot decide
+    where it matters (the top of the climb, the best pool, the knee).
+    """
 
     workers: int
-    goodput: float
+    samples: tuple[float, ...]
     p50_s: float
-    windows: int = 1
+
+    @property
+    def goodput(self) -> float:
+        """The median of the samples (the mean of two)."""
+        ordered = sorted(self.samples)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    @property
+    def doubtful(self) -> bool:
+        """Measured once, or twice with answers more than 5% apart: worth another window."""
+        if len(self.samples) == 1:
+            return True
+        return len(self.samples) == 2 and min(self.samples) < 0.95 * max(self.samples)
 
 
 class Controller:
@@ -433,14 +451,10 @@ class Controller:
     def _record(self, w: Window) -> None:
         old = self._points.get(w.workers)
         if old is None:
-            self._points[w.workers] = Point(w.workers, w.goodput, w.p50_s)
-        else:  # measured again: average, so one noisy window cannot decide alone
-            self._points[w.workers] = Point(
-                w.workers,
-                (old.goodput + w.goodput) / 2,
-                (old.p50_s + w.p50_s) / 2,
-                old.windows + 1,
-            )
+            self._points[w.workers] = Point(w.workers, (w.goodput,), w.p50_s)
+        else:
+            samples = (*old.samples, w.goodput)[-3:]
+            self._points[w.workers] = Point(w.workers, samples, min(old.p50_s, w.p50_s))
 
     def _expire_cliff(self, now: float) -> None:
         if self._cliff is not None and now >= self._cliff_until:
@@ -506,7 +520,8 @@ class Controller:
         """The next larger pool to try and why, or None when growing would not pay."""
         top = max(self._points)
         if top != best.workers:
-            return None  # a larger pool was measured and did worse
+            # A larger pool did worse: measured again before it ends the climb.
+            return (top, "search") if self._points[top].doubtful else None
         below = [n for n in self._points if n < top]
         factor = 2.0
         if below:
@@ -514,6 +529,8 @@ class Controller:
             ratio = top / prev.workers
             elasticity = (best.goodput / prev.goodput - 1.0) / (ratio - 1.0)
             if elasticity < 0.3:
+                if self._points[top].doubtful:
+                    return top, "search"  # one window must not end the climb: once more
                 # Goodput grows by under a third of the workers added: on a concave
                 # curve the next step would buy less still. The knee is below `top`.
                 self._bound = "flattened"
@@ -562,15 +579,20 @@ class Controller:
         best = self._best()
         growth = self._growth(best)
         if growth is not None:
-            self.phase = Phase.RAMP
-            return self._decide(*growth)
+            workers, reason = growth
+            self.phase = Phase.RAMP if reason == "ramp" else Phase.SEARCH
+            return self._decide(workers, reason)
         self.phase = Phase.SEARCH
         peak = self._peak_probe(best)
         if peak is not None:
             return self._decide(peak, "search")
         # Aim at 97% of the top goodput seen (not of `best`, which is already a
         # little under it), so the knee's 95% holds with noise to spare.
-        top = max(p.goodput for p in self._points.values())
+        leader = max(self._points.values(), key=lambda p: p.goodput)
+        top = leader.goodput
+        runner_up = max((p.goodput for p in self._points.values() if p is not leader), default=0.0)
+        if leader.doubtful and top > 1.05 * runner_up:
+            return self._decide(leader.workers, "search")  # a lone high window: confirm it
         target = top * (1.0 - self.policy.tolerance + self.policy.margin)
         hi = min(n for n, p in self._points.items() if p.goodput >= target)
         lower = [n for n in self._points if n < hi]
@@ -580,6 +602,8 @@ class Controller:
             return self._decide(max(self.policy.min_workers, hi // 2), "search")
         lo = max(lower)
         if hi - lo <= max(1, self.policy.resolution * hi):
+            if self._points[hi].doubtful:
+                return self._decide(hi, "search")  # the knee is measured twice before it is held
             return self._settle(hi)
         return self._decide(self._pivot(lo, hi, best), "search")
 
@@ -627,7 +651,7 @@ class Controller:
             gain = w.goodput / self._hold_goodput - 1.0 if self._hold_goodput else 0.0
             if gain >= 0.5 * (w.workers - knee) / knee:
                 # More workers buy goodput again: the knee moved up. Ramp from here.
-                base = Point(knee, self._hold_goodput, self.baseline_p50_s or w.p50_s)
+                base = Point(knee, (self._hold_goodput,), self.baseline_p50_s or w.p50_s)
                 return self._restart_search([base, self._points[w.workers]])
             return self._decide(knee, "hold")
         if self._probing == "down":
@@ -645,7 +669,7 @@ class Controller:
             self._drift += 1
             if self._drift >= 2:  # twice in a row: a change, not noise
                 self.phase = Phase.SEARCH
-                self._points = {knee: Point(knee, w.goodput, w.p50_s)}
+                self._points = {knee: Point(knee, (w.goodput,), w.p50_s)}
                 self._knee = None
                 self._bound = ""
                 self._drift = 0
