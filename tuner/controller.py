@@ -241,6 +241,7 @@ class Controller:
         self._client_cap: int | None = None
         self._bound = ""
         self._knee: int | None = None
+        self._held_knee: int | None = None  # the last knee held, kept through a re-search
         self._best_goodput = 0.0  # the top goodput of the search that found the knee
         self._hold_goodput = 0.0  # goodput at the knee, followed slowly while holding
         self._probing = ""
@@ -260,7 +261,7 @@ class Controller:
         if learned.knee is not None:
             # A warm start: trust the knee and hold there; the hold's probes and
             # drift check correct it if the far side has changed since.
-            self._knee = self._clamp(learned.knee)
+            self._knee = self._held_knee = self._clamp(learned.knee)
             self._best_goodput = self._hold_goodput = learned.best_goodput
             self.phase = Phase.HOLD
             self.workers = self._knee
@@ -382,7 +383,7 @@ class Controller:
     def learned(self) -> Learned:
         """What is worth saving: knee, best goodput, remembered cliff, client cap, baseline."""
         return Learned(
-            knee=self._knee,
+            knee=self._knee if self._knee is not None else self._held_knee,
             best_goodput=self._best_goodput,
             cliff=self._cliff,
             cliff_reason=self._cliff_reason if self._cliff is not None else "",
@@ -620,7 +621,7 @@ class Controller:
 
     def _settle(self, knee: int) -> Decision:
         self.phase = Phase.HOLD
-        self._knee = knee
+        self._knee = self._held_knee = knee
         self._best_goodput = max(p.goodput for p in self._points.values())
         self._hold_goodput = self._points[knee].goodput
         self._drift = 0
@@ -658,7 +659,7 @@ class Controller:
             self._probing = ""
             target = self._best_goodput * (1.0 - self.policy.tolerance + self.policy.margin)
             if w.goodput >= target:
-                self._knee = w.workers  # fewer workers do as well: the knee moved down
+                self._knee = self._held_knee = w.workers  # fewer do as well: the knee moved down
                 return self._decide(w.workers, "probe_down")
             return self._decide(knee, "hold")
         if w.workers != knee:

@@ -15,12 +15,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from tuner.controller import Controller, Decision
 from tuner.measure import Outcome, Result, Step, Tally, Window
 from tuner.pool import Pool
+
+# The last window of a run counts only with at least this many requests.
+MIN_FINAL_REQUESTS = 5
 
 
 class Observer(Protocol):
@@ -190,9 +193,13 @@ class Runner:
             if time_limit_s is not None and now - began >= time_limit_s:
                 end = "time_limit"
                 break
-            if pool.done:
+            # The source ran dry and every request ended: the last window is
+            # measured too (a run shorter than one window still teaches the
+            # controller something), unless it is too small to say anything.
+            final = pool.done
+            if final and self._tally.requests < MIN_FINAL_REQUESTS:
                 break
-            if now < window_start:
+            if not final and now < window_start:
                 continue  # paused (Retry-After): the next window starts when the pause ends
             elapsed = now - window_start
             # Requests admitted since the last decision, by age: a hung one counts
@@ -211,14 +218,14 @@ class Runner:
                     retry_after=tally.throttled > 0 and tally.retry_after_s is not None,
                     client_limit=tally.client_limit,
                 )
-                if growing and not cut and pool.workers >= self._grow_to:
+                if growing and not (cut or final) and pool.workers >= self._grow_to:
                     # The new size is in force: measure it from now, not the ramp-in.
                     growing = False
                     window_start = now
                     busy0 = pool.busy_seconds()
                     self._tally = Tally(started=now)
                     continue
-                complete = (
+                complete = final or (
                     not growing
                     and not lingering
                     and tally.requests >= goal.requests
@@ -227,13 +234,14 @@ class Runner:
                 if not (cut or complete):
                     continue
                 self._grow_to = 0
-                busy = pool.busy_seconds()
+                in_flight = (pool.busy_seconds() - busy0) / elapsed if elapsed > 0 else 0.0
                 window = tally.close(
                     ended=now,
                     workers=pool.workers,
-                    in_flight=(busy - busy0) / elapsed if elapsed > 0 else 0.0,
+                    in_flight=in_flight,
                     suspects=suspects,
-                    demand_limited=pool.exhausted,  # the source ran dry: workers idle
+                    # The source ran dry and workers sat idle for a good part of it.
+                    demand_limited=pool.exhausted and in_flight < 0.8 * pool.workers,
                 )
             decision = controller.observe(window)
             decided_at = window_start = now
@@ -255,8 +263,12 @@ class Runner:
             busy0 = pool.busy_seconds()
             if window.requests:
                 steps.append(Step.of(window))
+            # What the pool holds, not what was asked for beyond the URLs there are.
+            decision = replace(decision, workers=want)
             windows.append((window, decision))
             self._observer.window(window, decision, pool.in_flight)
+            if final:
+                break
             goal = controller.goal()
             if until_settled and decision.settled:
                 settled += 1
