@@ -365,9 +365,10 @@ def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
                         {
                             "name": TARGET,
                             "urls": [found.group(0)],
-                            "repeat": 10,
+                            # Runs long enough for the tuner to find a knee in the first.
+                            "repeat": 2000,
                             "schedule": {"every": "2s"},
-                            "workers": {"min": 1, "max": 8},
+                            "workers": {"min": 1, "max": 64},
                         }
                     ],
                 }
@@ -428,6 +429,12 @@ def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
             "five scrapes after the first run",
             lambda: promql(base, f"count_over_time({last_run}[1m]) >= 5"),
             timeout=90,
+            procs=procs,
+        )
+        wait_for(
+            "the knee to be scraped",
+            lambda: promql(base, f'tuner_optimal_concurrency{{job="tuner",target="{TARGET}"}}'),
+            timeout=60,
             procs=procs,
         )
         yield base, instance
