@@ -587,14 +587,12 @@ class Controller:
         peak = self._peak_probe(best)
         if peak is not None:
             return self._decide(peak, "search")
-        # Aim at 97% of the top goodput seen (not of `best`, which is already a
-        # little under it), so the knee's 95% holds with noise to spare.
         leader = max(self._points.values(), key=lambda p: p.goodput)
-        top = leader.goodput
         runner_up = max((p.goodput for p in self._points.values() if p is not leader), default=0.0)
-        if leader.doubtful and top > 1.05 * runner_up:
+        if leader.doubtful and leader.goodput > 1.05 * runner_up:
             return self._decide(leader.workers, "search")  # a lone high window: confirm it
-        target = top * (1.0 - self.policy.tolerance + self.policy.margin)
+        # Aim at 97% of the plateau, so the knee's 95% holds with noise to spare.
+        target = self._plateau() * (1.0 - self.policy.tolerance + self.policy.margin)
         hi = min(n for n, p in self._points.items() if p.goodput >= target)
         lower = [n for n in self._points if n < hi]
         if not lower:
@@ -607,6 +605,18 @@ class Controller:
                 return self._decide(hi, "search")  # the knee is measured twice before it is held
             return self._settle(hi)
         return self._decide(self._pivot(lo, hi, best), "search")
+
+    def _plateau(self) -> float:
+        """The best goodput on offer: the median of every point within 5% of the top.
+
+        The top alone is the luckiest of many noisy windows; on a flat plateau
+        its 97% would sit above most honest measurements, and the knee would
+        be pushed far up the plateau.
+        """
+        top = max(p.goodput for p in self._points.values())
+        near = sorted(p.goodput for p in self._points.values() if p.goodput >= 0.95 * top)
+        mid = len(near) // 2
+        return near[mid] if len(near) % 2 else (near[mid - 1] + near[mid]) / 2
 
     def _pivot(self, lo: int, hi: int, best: Point) -> int:
         """Where to split the bracket: Little's law's guess when it falls inside, else halfway.
@@ -622,7 +632,7 @@ class Controller:
     def _settle(self, knee: int) -> Decision:
         self.phase = Phase.HOLD
         self._knee = self._held_knee = knee
-        self._best_goodput = max(p.goodput for p in self._points.values())
+        self._best_goodput = self._plateau()
         self._hold_goodput = self._points[knee].goodput
         self._drift = 0
         self._probing = ""
@@ -648,19 +658,29 @@ class Controller:
         knee = self._knee if self._knee is not None else w.workers
         step = max(1, round(0.08 * knee))  # gentle: under the 10% a settled pool may move
         if self._probing == "up":
-            self._probing = ""
-            gain = w.goodput / self._hold_goodput - 1.0 if self._hold_goodput else 0.0
+            up = self._points[w.workers]
+            gain = up.goodput / self._hold_goodput - 1.0 if self._hold_goodput else 0.0
             if gain >= 0.5 * (w.workers - knee) / knee:
+                if len(up.samples) < 2:
+                    return self._decide(w.workers, "probe_up")  # a gain must show twice
                 # More workers buy goodput again: the knee moved up. Ramp from here.
+                self._probing = ""
                 base = Point(knee, (self._hold_goodput,), self.baseline_p50_s or w.p50_s)
-                return self._restart_search([base, self._points[w.workers]])
+                return self._restart_search([base, up])
+            self._probing = ""
+            del self._points[w.workers]  # a failed probe: next time is measured afresh
             return self._decide(knee, "hold")
         if self._probing == "down":
-            self._probing = ""
+            down = self._points[w.workers]
             target = self._best_goodput * (1.0 - self.policy.tolerance + self.policy.margin)
-            if w.goodput >= target:
+            if down.goodput >= target:
+                if len(down.samples) < 2:
+                    return self._decide(w.workers, "probe_down")  # as good twice, or not at all
+                self._probing = ""
                 self._knee = self._held_knee = w.workers  # fewer do as well: the knee moved down
                 return self._decide(w.workers, "probe_down")
+            self._probing = ""
+            del self._points[w.workers]
             return self._decide(knee, "hold")
         if w.workers != knee:
             return self._decide(knee, "hold")
@@ -679,9 +699,9 @@ class Controller:
         self._drift = 0
         # Track the knee's goodput slowly, so a drift still shows against it.
         self._hold_goodput = 0.8 * self._hold_goodput + 0.2 * w.goodput
-        # The top fades 1% a window towards what the knee delivers, so one lucky
-        # window in the search cannot pin the knee high for ever.
-        self._best_goodput = max(0.99 * self._best_goodput, self._hold_goodput)
+        # Never faded: judging each step down against the last one would let
+        # the knee creep down a slope a few percent at a time.
+        self._best_goodput = max(self._best_goodput, self._hold_goodput)
         self._until_probe -= 1
         if self._until_probe > 0:
             return self._decide(knee, "hold")
@@ -689,11 +709,13 @@ class Controller:
         self._up_next = not self._up_next  # alternate: up, then down, then up
         can_up = knee + step <= min(self.ceiling, self.policy.cap)
         can_down = knee - step >= self.policy.min_workers
+        probe = 0
         if can_up and (self._up_next or not can_down):
-            self._probing = "up"
-            return self._decide(knee + step, "probe_up")
-        if can_down:
-            self._probing = "down"
-            return self._decide(knee - step, "probe_down")
+            self._probing, probe = "up", knee + step
+        elif can_down:
+            self._probing, probe = "down", knee - step
+        if probe:
+            self._points.pop(probe, None)  # a probe is measured afresh, not mixed with the search
+            return self._decide(probe, f"probe_{self._probing}")
         return self._decide(knee, "hold")
 
