@@ -4,7 +4,7 @@
     python -m bench.tuner --profiles queue,cliff
 
 For each profile a lab server runs in its own process, pinned to one CPU,
-and this process to the other. The oracle is an exhaustive fixed-pool sweep;
+and this process to the other. The oracle is an exhaustive fixed-pool sweep (two passes, averaged);
 then `tuner probe` searches from a cold start, and the pool it chooses is
 measured again at a fixed size, the same way as the oracle's points. Errors
 caused while probing are the lab's own count (503s, 429s, requests left
@@ -32,10 +32,11 @@ from tuner.controller import Controller, Decision, Policy
 from tuner.fetch import Fetcher, FetchOptions
 from tuner.lab import LabProcess, Profile, profile
 from tuner.measure import Step, Window
-from tuner.probe import probe
+from tuner.probe import LiveTable, probe
 from tuner.runner import Runner
 from tuner.sweep import knee_of, sweep
 
+VERBOSE = False  # --verbose: every probe's windows on stderr
 GRID = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 56, 64, 96, 128)
 
 # The scenarios: (row name, lab profile, request timeout). The cliffs sit just
@@ -62,6 +63,18 @@ def fixed(url: str, p: Profile, workers: int, timeout: float, seconds: float = 0
     rps = p.expected_goodput(workers) or 100.0
     n = max(60, min(4000, int(rps * seconds)))
     return sweep(url, [workers], n, options=FetchOptions(timeout_s=timeout))[0]
+
+
+def mean_step(a: Step, b: Step) -> Step:
+    """The average of two measurements of one pool size."""
+    return Step(
+        workers=a.workers,
+        requests=a.requests + b.requests,
+        goodput_rps=(a.goodput_rps + b.goodput_rps) / 2,
+        error_ratio=(a.error_ratio + b.error_ratio) / 2,
+        p50_s=(a.p50_s + b.p50_s) / 2,
+        p95_s=(a.p95_s + b.p95_s) / 2,
+    )
 
 
 @dataclass
@@ -116,15 +129,22 @@ def scenario(name: str, p: Profile, timeout: float, cpu: int | None) -> Row:
     with LabProcess(p, cpu=cpu) as lab:
         url = lab.url
         grid = [n for n in GRID if n <= 2 * (p.expected_knee() or 32) + 32]
-        oracle = [fixed(url, p, n, timeout) for n in grid]
+        # Two passes, up then down, averaged: one noisy window per size would make
+        # the oracle's best the luckiest of a dozen draws.
+        up = {n: fixed(url, p, n, timeout) for n in grid}
+        down = {n: fixed(url, p, n, timeout) for n in reversed(grid)}
+        oracle = [mean_step(up[n], down[n]) for n in grid]
         knee = knee_of(oracle)
         best = max(s.goodput_rps for s in oracle)
         print(f"  {name}: oracle knee {knee.workers}, best {best:.0f}/s", file=sys.stderr)
         time.sleep(timeout if p.hang_s else 0.2)  # hung sweep requests time out first
         lab.reset()
-        report = probe(url, max_workers=1024, time_limit_s=30.0, timeout_s=timeout)
+        table = LiveTable(sys.stderr, prefix=f"  {name} ") if VERBOSE else None
+        report = probe(url, max_workers=1024, time_limit_s=30.0, timeout_s=timeout, observer=table)
         time.sleep(timeout + 0.5 if p.hang_s else 0.2)  # abandoned requests end and are counted
         bad, total = lab_errors(lab.stats())
+        probe_errors = bad / total if total else 0.0
+        print(f"  {name}: chose {report.best_workers}, lab errors {bad}/{total}", file=sys.stderr)
         windows = report.summary.windows
         start = windows[0][0].ended - windows[0][0].duration_s if windows else 0.0
         settled = [w.ended for w, d in windows if d.settled]
@@ -133,15 +153,18 @@ def scenario(name: str, p: Profile, timeout: float, cpu: int | None) -> Row:
         baselines = {}
         for n in (1, 20, 1000):
             time.sleep(timeout if p.hang_s else 0.2)
+            lab.reset()
             step = fixed(url, p, n, timeout)
-            baselines[n] = (step.goodput_rps, step.error_ratio)
+            # The lab's count: requests left hanging never finish inside a step.
+            bad, total = lab_errors(lab.stats())
+            baselines[n] = (step.goodput_rps, bad / total if total else 0.0)
         return Row(
             name=name,
             knee=knee.workers,
             best=best,
             chosen=report.best_workers,
             at_chosen=at_chosen,
-            errors=bad / total if total else 0.0,
+            errors=probe_errors,
             converge_s=converge,
             stop=report.stop_reason,
             baselines=baselines,
@@ -211,7 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profiles", default=",".join(SCENARIOS), help="comma-separated")
     parser.add_argument("--skip-stability", action="store_true")
     parser.add_argument("--skip-shift", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="every probe window on stderr")
     args = parser.parse_args(argv)
+    global VERBOSE
+    VERBOSE = args.verbose
     cpu: int | None = None
     if len(os.sched_getaffinity(0)) >= 2:
         os.sched_setaffinity(0, {0})  # the client on CPU 0, each lab on CPU 1
