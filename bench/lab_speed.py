@@ -46,8 +46,9 @@ def _ms(text: str) -> float:
 def parse_wrk(output: str) -> WrkResult:
     """Pick req/s, p50, p99 and non-2xx/socket errors out of `wrk --latency` output."""
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    p50 = re.search(r"50%\s+(\S+)", output)
-    p99 = re.search(r"99%\s+(\S+)", output)
+    # Anchored: "97.99%" in the stdev column must not pass for the 99% line.
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
     if rps is None or p50 is None or p99 is None:
         raise RuntimeError(f"unexpected wrk output:\n{output}")
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
