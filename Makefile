@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench tools clean
+.PHONY: demo test bench tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
