@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
@@ -207,9 +208,7 @@ class Point:
     @property
     def goodput(self) -> float:
         """The median of the samples (the mean of two)."""
-        ordered = sorted(self.samples)
-        mid = len(ordered) // 2
-        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        return statistics.median(self.samples)
 
     @property
     def doubtful(self) -> bool:
@@ -615,10 +614,9 @@ class Controller:
         its 97% would sit above most honest measurements, and the knee would
         be pushed far up the plateau.
         """
-        top = max(p.goodput for p in self._points.values())
-        near = sorted(p.goodput for p in self._points.values() if p.goodput >= 0.95 * top)
-        mid = len(near) // 2
-        return near[mid] if len(near) % 2 else (near[mid - 1] + near[mid]) / 2
+        goodputs = [p.goodput for p in self._points.values()]
+        top = max(goodputs)
+        return statistics.median(g for g in goodputs if g >= 0.95 * top)
 
     def _pivot(self, lo: int, hi: int, best: Point) -> int:
         """Where to split the bracket: Little's law's guess when it falls inside, else halfway.
