@@ -7,11 +7,12 @@ import resource
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
-from tuner.ceiling import Ceiling, client_ceiling, is_client_limit
+from tuner.ceiling import Ceiling, cgroup_dirs, client_ceiling, is_client_limit
 from tuner.lab import LabServer, profile
 
 
@@ -108,3 +109,13 @@ def test_emfile_is_recognised_however_deeply_wrapped() -> None:
         assert is_client_limit(outer)
     assert is_client_limit(RuntimeError("can't start new thread"))
     assert not is_client_limit(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
+
+
+def test_cgroup_limits_are_read_from_the_service_own_cgroup():
+    """Under systemd, TasksMax= and MemoryMax= sit on the service's cgroup, not the root."""
+    v2 = cgroup_dirs("0::/system.slice/tuner.service\n")
+    assert v2[""] == Path("/sys/fs/cgroup/system.slice/tuner.service")
+    v1 = cgroup_dirs("12:pids:/system.slice/tuner.service\n4:memory,foo:/x\n0::/\n")
+    assert v1["pids"] == Path("/sys/fs/cgroup/pids/system.slice/tuner.service")
+    assert v1["memory"] == Path("/sys/fs/cgroup/memory/x")
+    assert v1[""] == Path("/sys/fs/cgroup")

@@ -37,6 +37,8 @@ FDS_PER_WORKER = 2
 # 256 KiB so that a TLS connection (its SSL context and buffers) still fits.
 MEMORY_PER_WORKER = 256 * 1024
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
 # errno values that mean "this machine ran out", not "the far side failed".
 _LIMIT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
@@ -160,15 +162,60 @@ def _threads_max() -> int | None:
     nproc, _ = resource.getrlimit(resource.RLIMIT_NPROC)
     if nproc != resource.RLIM_INFINITY:
         limits.append(nproc)
-    for path in (
-        Path("/proc/sys/kernel/threads-max"),
-        Path("/sys/fs/cgroup/pids.max"),  # cgroup v2
-        Path("/sys/fs/cgroup/pids/pids.max"),  # cgroup v1
-    ):
+    paths = [Path("/proc/sys/kernel/threads-max")]
+    paths += [d / "pids.max" for d in _cgroup_chain("pids")]
+    for path in paths:
         value = _read_int(path)
         if value is not None:
             limits.append(value)
     return min(limits) if limits else None
+
+
+def cgroup_dirs(proc_self_cgroup: str, root: Path = CGROUP_ROOT) -> dict[str, Path]:
+    """This process's own cgroup directory for each controller, from /proc/self/cgroup's text.
+
+    The key "" is the cgroup v2 (unified) directory. A service under systemd
+    has its limits (TasksMax=, MemoryMax=) on its own directory, not the root.
+
+        cgroup_dirs("0::/system.slice/tuner.service\n")[""]
+        # PosixPath('/sys/fs/cgroup/system.slice/tuner.service')
+    """
+    dirs: dict[str, Path] = {}
+    for line in proc_self_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        rel = path.strip().lstrip("/")
+        if not controllers:
+            dirs[""] = root / rel
+        for name in controllers.split(","):
+            if name:
+                dirs[name] = root / name / rel
+    return dirs
+
+
+def _cgroup_chain(controller: str) -> list[Path]:
+    """This process's cgroup directories holding `controller`'s limits, own first, then ancestors.
+
+    A limit set on a parent (a slice) binds as much as one set on the service.
+    """
+    try:
+        dirs = cgroup_dirs(Path("/proc/self/cgroup").read_text())
+    except OSError:
+        dirs = {}
+    chain: list[Path] = []
+    tops = ((dirs.get(""), CGROUP_ROOT), (dirs.get(controller), CGROUP_ROOT / controller))
+    for start, top in tops:
+        if start is None:
+            continue
+        d = start
+        while True:
+            chain.append(d)
+            if d == top or top not in d.parents:
+                break
+            d = d.parent
+    return chain
 
 
 def _memory_available() -> int | None:
@@ -181,13 +228,11 @@ def _memory_available() -> int | None:
                 break
     except (OSError, ValueError):
         pass
-    for limit_path, usage_path in (
-        (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")),
-        (
-            Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
-            Path("/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-        ),
-    ):
+    pairs = []
+    for d in _cgroup_chain("memory"):
+        pairs.append((d / "memory.max", d / "memory.current"))  # cgroup v2
+        pairs.append((d / "memory.limit_in_bytes", d / "memory.usage_in_bytes"))  # cgroup v1
+    for limit_path, usage_path in pairs:
         limit, usage = _read_int(limit_path), _read_int(usage_path)
         # cgroup v1 says "no limit" with a number near 2**63.
         if limit is not None and usage is not None and limit < 1 << 60:
