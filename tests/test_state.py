@@ -132,3 +132,16 @@ def test_data_that_is_not_json_is_a_state_error(tmp_path: Path) -> None:
 def test_names_that_could_leave_the_directory_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a target name"):
         save_state(tmp_path, "../etc/passwd", {})
+
+
+def test_unusable_values_are_set_aside_too(tmp_path: Path) -> None:
+    """A state file that parses but holds values the reader rejects is kept aside, not reused."""
+    log = logging.getLogger("test")
+    save_state(tmp_path, "api", {"knee": "many"})
+
+    def check(data: dict[str, object]) -> None:
+        int(str(data["knee"]))
+
+    assert load_state(tmp_path, "api", log, check=check) is None
+    assert not (tmp_path / "api.json").exists()
+    assert len(list(tmp_path.glob("api.json.corrupt-*"))) == 1

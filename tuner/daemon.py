@@ -143,13 +143,9 @@ def learned_to_disk(learned: Learned) -> dict[str, Any]:
     return data
 
 
-def learned_from_disk(name: str, data: dict[str, Any]) -> Learned | None:
-    """The inverse of `learned_to_disk`; None (and a warning) when the values are unusable."""
-    try:
-        learned = Learned.from_dict(data)
-    except (TypeError, ValueError) as err:
-        event(log, "state_unusable", logging.WARNING, target=name, reason=str(err))
-        return None
+def learned_from_disk(data: dict[str, Any]) -> Learned:
+    """The inverse of `learned_to_disk`, for data `load_state` checked with `Learned.from_dict`."""
+    learned = Learned.from_dict(data)
     if learned.cliff_until:
         left = learned.cliff_until - time.time()  # may be negative: the cliff then expires
         learned = dataclasses.replace(learned, cliff_until=time.monotonic() + left)
@@ -407,8 +403,8 @@ class Daemon:
     # -- targets -------------------------------------------------------------------------------
 
     def _add(self, target: Target, run_now: bool = True) -> None:
-        data = load_state(self.state_dir, target.name, log)
-        learned = None if data is None else learned_from_disk(target.name, data)
+        data = load_state(self.state_dir, target.name, log, check=Learned.from_dict)
+        learned = None if data is None else learned_from_disk(data)
         metrics = self.metrics.target(
             target.name,
             timeout_s=target.timeout_s,

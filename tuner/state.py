@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +85,18 @@ def save_state(state_dir: Path, target: str, data: Mapping[str, Any]) -> None:
                 os.unlink(tmp)
 
 
-def load_state(state_dir: Path, target: str, log: logging.Logger) -> dict[str, Any] | None:
+def load_state(
+    state_dir: Path,
+    target: str,
+    log: logging.Logger,
+    check: Callable[[dict[str, Any]], object] | None = None,
+) -> dict[str, Any] | None:
     """What a target learned before, or None when nothing (usable) was saved. Never raises.
 
-    A file that cannot be read or is not a state file of this version and
-    target is logged (one warning), moved aside to `<name>.corrupt-<UTC stamp>`
-    and kept; the target then starts fresh.
+    A file that cannot be read, is not a state file of this version and
+    target, or whose data `check` rejects (by raising ValueError or
+    TypeError) is logged (one warning), moved aside to `<name>.corrupt-<UTC
+    stamp>` and kept; the target then starts fresh.
     """
     path = state_path(state_dir, target)
     try:
@@ -102,7 +108,13 @@ def load_state(state_dir: Path, target: str, log: logging.Logger) -> dict[str, A
     else:
         parsed = _parse(text, target)
         if isinstance(parsed, dict):
-            return parsed
+            try:
+                if check is not None:
+                    check(parsed)
+            except (TypeError, ValueError) as err:
+                parsed = f"unusable values: {err}"
+            else:
+                return parsed
         problem = parsed
     _set_aside(path, problem, log)
     return None
