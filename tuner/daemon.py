@@ -410,6 +410,7 @@ class Daemon:
             timeout_s=target.timeout_s,
             min_workers=target.workers.min,
             max_workers=target.workers.max,
+            error_budget=target.error_budget,
         )
         extra = self._observer_for(target.name) if self._observer_for else None
         wiring = _Wiring(target, metrics, extra)
@@ -683,6 +684,7 @@ class Daemon:
                 timeout_s=target.timeout_s,
                 min_workers=target.workers.min,
                 max_workers=target.workers.max,
+                error_budget=target.error_budget,
             )
             with slot.lock:
                 old_schedule, slot.target = slot.target.schedule, target

@@ -118,6 +118,12 @@ class Metrics:
         self._max_workers = Gauge(
             "tuner_pool_max_workers", "Configured upper bound of the pool.", t, registry=r
         )
+        self._error_budget = Gauge(
+            "tuner_error_budget_ratio",
+            "Configured share of requests that may fail from overload (error_budget).",
+            t,
+            registry=r,
+        )
         self._ceiling = Gauge(
             "tuner_pool_ceiling_workers",
             "The largest pool allowed now: client limits and known cliffs.",
@@ -165,7 +171,13 @@ class Metrics:
             self._config_stamp.set(stamp)
 
     def target(
-        self, name: str, *, timeout_s: float, min_workers: int, max_workers: int
+        self,
+        name: str,
+        *,
+        timeout_s: float,
+        min_workers: int,
+        max_workers: int,
+        error_budget: float = 0.01,
     ) -> TargetMetrics:
         """The metrics of one target, created on first call and updated (bounds) on later ones.
 
@@ -185,6 +197,7 @@ class Metrics:
                 tm = self._targets[name] = TargetMetrics(self, name)
         tm._set(self._min_workers, min_workers)
         tm._set(self._max_workers, max_workers)
+        tm._set(self._error_budget, error_budget)
         return tm
 
     def remove_target(self, name: str) -> None:
@@ -304,7 +317,8 @@ class TargetMetrics:
         for reason in reasons:
             m._decisions.remove(name, reason)
         for metric in (
-            m._duration, m._workers, m._in_flight, m._min_workers, m._max_workers, m._ceiling,
+            m._duration, m._workers, m._in_flight, m._min_workers, m._max_workers,
+            m._error_budget, m._ceiling,
             m._optimal, m._throughput, m._phase, m._last_duration, m._last_stamp, m._last_success,
         ):  # fmt: skip
             metric.remove(name)
