@@ -12,16 +12,21 @@ How it moves, phase by phase:
 
 - **ramp**: double the pool while goodput still grows in proportion
   (reaching 512 from 1 takes nine windows, not minutes of +1 steps); grow by
-  half when the gain is partial; stop when a doubling buys little goodput or
-  buys it only with queueing (latency inflating against the smaller pool).
+  half when the gain is partial; stop when the last step bought under a
+  third of the goodput its workers would in proportion.
 - **search**: the knee lies between the largest pool that misses 97% of the
-  best goodput and the smallest that reaches it; bisect that bracket until it
-  is narrower than `resolution`. Every comparison is against the best pool
-  seen, not only the previous one. On a retrograde curve (goodput falling
-  past a peak) it first probes between the best pool and the next larger one,
-  where the fitted Universal Scalability Law puts the peak.
+  plateau (the median of the points within 5% of the top, not the luckiest
+  window) and the smallest that reaches it; bisect that bracket, splitting
+  first where Little's law puts the knee, until it is narrower than
+  `resolution`. Every comparison is against the plateau, not only the
+  previous pool. On a retrograde curve (goodput falling past a peak) it first
+  probes between the best pool and the next larger one, where the fitted
+  Universal Scalability Law puts the peak. A point that decides (the top of
+  the climb, a lone high window, the knee) is measured again, and the median
+  of up to three windows counts.
 - **hold**: stay at the knee; now and then (jittered) try one step up and
-  one step down, and re-search when goodput at the knee shifts for good.
+  one step down, each confirmed by a second window, and search again when
+  goodput at the knee stays 15% lower for three windows.
 - **backoff**: overload (5xx, timeouts, refusals, requests hanging far longer
   than usual, or a p95 over the latency budget) at a pool size marks a cliff
   there, remembered for a while (longer each time it is confirmed), and the
