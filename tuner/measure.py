@@ -103,17 +103,6 @@ class Window:
         n = self.requests
         return (n - self.successes) / n if n else 0.0
 
-    @property
-    def overload_ratio(self) -> float:
-        """Share of finished (or suspect) requests that say the far side is overloaded."""
-        n = self.requests + self.suspects
-        return (self.overload + self.suspects) / n if n else 0.0
-
-    @property
-    def utilisation(self) -> float:
-        """Time-averaged requests under way per worker (1.0 when the pool is the limit)."""
-        return self.in_flight / self.workers if self.workers else 0.0
-
 
 def percentile(ordered: list[float], q: float) -> float:
     """The q-quantile (0..1) of an already sorted list, by nearest rank; 0.0 when empty."""
@@ -167,10 +156,6 @@ class Tally:
             self.throttled += 1
         if result.retry_after_s is not None:
             self.retry_after_s = max(self.retry_after_s or 0.0, result.retry_after_s)
-
-    def latency_quantile(self, q: float) -> float:
-        """A quantile of the successful latencies so far."""
-        return percentile(sorted(self._latencies), q)
 
     def close(
         self,

@@ -130,13 +130,7 @@ class Runner:
                 grow = False
                 if result.overload:
                     self._grow_to = 0  # the first sign of trouble ends a ramp-in
-                if self.controller.should_cut(
-                    requests=tally.requests,
-                    overload=tally.overload,
-                    suspects=0,
-                    retry_after=tally.throttled > 0 and tally.retry_after_s is not None,
-                    client_limit=tally.client_limit,
-                ):
+                if self._cut_due(tally, suspects=0):
                     self._grow_to = 0  # no more growth until the controller has decided
                     if pool is not None:
                         pool.pause_until(self._clock() + self._tick_s)
@@ -211,13 +205,7 @@ class Runner:
             lingering = any(linger_age < age <= suspect_age for age in own)
             with self._cond:
                 tally = self._tally
-                cut = controller.should_cut(
-                    requests=tally.requests,
-                    overload=tally.overload,
-                    suspects=suspects,
-                    retry_after=tally.throttled > 0 and tally.retry_after_s is not None,
-                    client_limit=tally.client_limit,
-                )
+                cut = self._cut_due(tally, suspects)
                 if growing and not (cut or final) and pool.workers >= self._grow_to:
                     # The new size is in force: measure it from now, not the ramp-in.
                     growing = False
@@ -289,6 +277,16 @@ class Runner:
             workers=pool.workers,
             abandoned=abandoned,
             windows=tuple(windows),
+        )
+
+    def _cut_due(self, tally: Tally, suspects: int) -> bool:
+        """Whether the window under way should end now (failures, Retry-After, client limits)."""
+        return self.controller.should_cut(
+            requests=tally.requests,
+            overload=tally.overload,
+            suspects=suspects,
+            retry_after=tally.throttled > 0 and tally.retry_after_s is not None,
+            client_limit=tally.client_limit,
         )
 
     def _begin_window(self, start: float) -> None:
